@@ -1,0 +1,35 @@
+"""Redaction: GitHub tokens never leave the process in a log line, a comment, an exception
+message or a file under runs/. Applied to every log handler and every outgoing body."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import config
+
+# ghp_ (classic PAT), gho_ (OAuth), ghu_ (user-to-server), ghs_ (server-to-server), ghr_ (refresh),
+# github_pat_ (fine-grained PAT)
+TOKEN_RE = re.compile(r"\b(?:gh[opusr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})")
+MASK = "[REDACTED]"
+
+
+def redact(text: str) -> str:
+    """text with every token-shaped string and the configured token itself masked."""
+    if not text:
+        return text
+    token = config.read_github_token()
+    if token and len(token) >= 8:
+        text = text.replace(token, MASK)
+    return TOKEN_RE.sub(MASK, text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts the formatted message (install on every handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True

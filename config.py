@@ -1,0 +1,536 @@
+"""refinery's single source of truth: every constant, typed, validated, overridable.
+
+One commented list, grouped under ruler headings. Each field carries its unit,
+its allowed range and why it has the value it has. Nothing else in the
+repository defines a constant of its own; modules read them from here.
+
+Layers, later wins:  defaults  <  hardware profile  <  size preset (model dims)
+                     <  environment (REFINERY_<FIELD>, MODEL_ARCH)  <  spec (TOML)
+
+    python -m config             # the effective configuration and where each value came from
+    refinery config              # the same
+
+Importing this module has no side effects: no torch, no network, no files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent  # the repository; runs/ and docs/ hang off it
+ENV_PREFIX = "REFINERY_"
+
+
+class RefineryError(Exception):
+    """The one base of refinery's errors. Each subclass's docstring names the problem and the fix;
+    the CLI prints the chain of causes on one line each, the traceback only with -v."""
+
+
+class ConfigError(RefineryError, ValueError):
+    """A setting is unknown, of the wrong type or out of range.
+
+    Fix: change the named field (environment variable, profile or spec key) to a
+    value inside the range given in the message; `refinery config` lists them all.
+    """
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(p.text() for p in problems))
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str  # the field name as the user wrote it
+    message: str  # what was wrong
+    suggestion: str = ""  # what to write instead
+    source: str = ""  # where it came from (env:REFINERY_LR, spec line 4, ...)
+
+    def text(self) -> str:
+        where = f" ({self.source})" if self.source else ""
+        hint = f" — {self.suggestion}" if self.suggestion else ""
+        return f"{self.key}: {self.message}{where}{hint}"
+
+
+def F(default: Any, help: str, lo: float | None = None, hi: float | None = None,
+      choices: tuple | None = None, open_lo: bool = False):
+    """A field with its documentation and its allowed range (closed unless open_lo)."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "open_lo": open_lo}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults (frozen config)")
+    return field(default=default, metadata=meta)
+
+
+def _cpu_workers_default() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = F("refiner", "architecture: refiner (gated, timed loop), reasoner (plain loop, the control), "
+                  "stack (distinct blocks, depth prelude + r_mean: matched FLOPs)",
+                  choices=("refiner", "reasoner", "stack"))
+    preset: str = F("tiny", "size dial; derives d_model, n_heads, d_mlp (SIZE_PRESETS)",
+                    choices=("tiny", "small", "base"))
+    d_model: int = F(0, "residual width; 0 = from the preset", 0, 8192)
+    n_heads: int = F(0, "attention heads; 0 = from the preset", 0, 128)
+    d_mlp: int = F(0, "SwiGLU hidden width; 0 = from the preset", 0, 32768)
+    n_prelude: int = F(1, "causal blocks before the loop", 0, 64)
+    prelude_attention: bool = F(True, "prelude blocks attend (False: MLP-only prelude, so depth must come "
+                                "from the loop)")
+    vocab_size: int = F(50304, "r50k_base (50257) padded to a multiple of 128 for tensor cores", 2, 1 << 20)
+    seq_len: int = F(64, "tokens per example (toy tasks) or per window (language modelling)", 4, 32768)
+    r_sampler: str = F("uniform", "training depth distribution: uniform on [r_min, r_max], Huginn's "
+                       "poisson_lognormal with mean r_mean, or fixed at r_mean",
+                       choices=("uniform", "poisson_lognormal", "fixed"))
+    r_min: int = F(1, "fewest loop passes in training", 1, 256)
+    r_max: int = F(4, "most loop passes in training (uniform); cap for poisson_lognormal", 1, 256)
+    r_mean: int = F(4, "r̄: mean training depth; the stack arm's depth; the primary read-out depth", 1, 256)
+    r_eval: int = F(0, "passes at inference; 0 = r_mean", 0, 256)
+    r_sigma: float = F(0.5, "lognormal sigma of the poisson_lognormal sampler (Huginn uses 0.5)", 0.0, 5.0)
+    backprop_window: int = F(0, "gradients flow through the last N passes only; 0 = all", 0, 256)
+    gate: str = F("channel", "refiner gate granularity: sigmoid per channel or one per token",
+                  choices=("channel", "token"))
+    gate_init_bias: float = F(-1.0, "gate bias at init: sigmoid(-1) = 0.27, so early passes mostly keep "
+                              "the state (stable) yet still learn (gate far from 0)", -10.0, 10.0)
+    r_limit: int = F(64, "largest r the time signal is defined for", 1, 4096)
+    logit_softcap: float = F(15.0, "tanh soft cap on logits (fp16 safety; modded-nanogpt uses 15); 0 = off",
+                             0.0, 1000.0)
+    rope_base: float = F(10000.0, "RoPE frequency base", 1.0, 1e7)
+    init_std: float = F(0.02, "weight init std; 0.02 also keeps a tied 50k head out of denormals on CPU",
+                        1e-5, 1.0, open_lo=True)
+
+
+# name: (d_model, n_heads, d_mlp). tiny trains on 2 CPU cores in seconds; small fits the
+# RTX 2060 with room for batch; base is the largest that fits its 6 GB for training.
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 64, "n_heads": 2, "d_mlp": 256},
+    "small": {"d_model": 384, "n_heads": 6, "d_mlp": 1536},
+    "base": {"d_model": 768, "n_heads": 12, "d_mlp": 3072},
+}
+
+
+# --------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = F(3e-3, "peak AdamW learning rate", 0.0, 1.0, open_lo=True)
+    weight_decay: float = F(0.1, "AdamW decoupled weight decay on matrices", 0.0, 10.0)
+    beta1: float = F(0.9, "AdamW beta1", 0.0, 1.0)
+    beta2: float = F(0.95, "AdamW beta2", 0.0, 1.0)
+    batch_size: int = F(32, "examples (or windows) per step", 1, 65536)
+    warmup_steps: int = F(50, "linear LR warm-up", 0, 10**7)
+    grad_clip: float = F(1.0, "global grad-norm clip; 0 = off", 0.0, 1e6)
+    seed: int = F(0, "base seed; a seed sets init, the data stream and the depth draws", 0, 2**31 - 1)
+    dtype: str = F("auto", "compute dtype: auto (float16 on CUDA, float32 on CPU), or force one",
+                   choices=("auto", "float32", "float16", "bfloat16"))
+    allow_math_sdpa: bool = F(False, "allow the slow math attention fallback on CUDA (else an error)")
+    device: str = F("auto", "auto (cuda if present), cpu or cuda[:N]")
+
+
+# --------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class StageConfig:
+    tasks: tuple = F(("khop", "s5", "listops"), "depth tasks of the ablation (experiments/tasks/)")
+    control_task: str = F("summod", "task where constant depth suffices: an effect there means the "
+                          "instrument is broken")
+    khop_n: int = F(8, "k-hop: symbols in the permutation", 4, 16)
+    khop_k: int = F(4, "k-hop: hops at the hardest in-distribution level", 1, 8)
+    s5_len: int = F(8, "S5 word problem: generators composed", 1, 16)
+    listops_depth: int = F(2, "ListOps: nesting depth", 1, 4)
+    summod_len: int = F(8, "sum-mod-p control: operands", 1, 64)
+    summod_p: int = F(10, "sum-mod-p control: modulus", 2, 97)
+    test_examples: int = F(2000, "held-out test set size per task (own seed)", 100, 10**6)
+    smoke_steps: int = F(150, "smoke: steps checked for NaN, scale and gate health", 1, 10**6)
+    smoke_overfit_steps: int = F(150, "smoke: steps to overfit one batch", 1, 10**6)
+    smoke_overfit_loss: float = F(0.5, "smoke: the overfit batch must reach this loss (nats)", 0.0, 100.0)
+    ablation_steps: int = F(1500, "ablation: steps per run (per arm, per seed, per task)", 1, 10**8)
+    ablation_seeds: int = F(5, "ablation: seeds per arm, shared across arms", 2, 100)
+    ablation_stack_arm: bool = F(False, "ablation: also run the matched-FLOPs stack arm")
+    full_steps: int = F(2000, "full: language-modelling steps per run", 1, 10**9)
+    full_seeds: int = F(3, "full: seeds per arm", 1, 100)
+    ckpt_every: int = F(500, "full: checkpoint every N steps (and on SIGTERM)", 1, 10**9)
+    eval_every: int = F(250, "evaluate every N steps", 1, 10**9)
+    eval_batches: int = F(20, "validation batches per evaluation (full stage)", 1, 10**6)
+
+
+# --------------------------------------------------------------------------- gate
+# The decision rule itself is code in experiments/gate.py and prose in CLAUDE.md; these
+# are its thresholds, in accuracy points (0-100) unless said otherwise.
+@dataclass(frozen=True)
+class GateConfig:
+    pass_delta_points: float = F(10.0, "PASS: mean Δ(refiner − control) on a depth task", 0.0, 100.0)
+    pass_min_tasks: int = F(2, "PASS: depth tasks that must clear pass_delta_points", 1, 16)
+    alpha: float = F(0.01, "family-wise one-sided alpha (Holm across tasks)", 0.0, 0.5, open_lo=True)
+    depth_gain_points: float = F(10.0, "PASS: accuracy at r̄ over r = 1, same weights", 0.0, 100.0)
+    depth_gain_min_seeds: int = F(4, "PASS: seeds (of ablation_seeds) showing that depth gain", 1, 100)
+    overthink_points: float = F(3.0, "PASS: accuracy at 2r̄ may fall at most this far below r̄", 0.0, 100.0)
+    control_max_delta: float = F(3.0, "PASS: |Δ| on the control task", 0.0, 100.0)
+    control_min_acc: float = F(95.0, "PASS: both arms' accuracy on the control task", 0.0, 100.0)
+    fail_ci_upper: float = F(5.0, "FAIL: the 95% CI of Δ lies below this on every depth task", -100.0, 100.0)
+    fail_depth_gain: float = F(3.0, "FAIL: r = 1 → r̄ gains less than this", -100.0, 100.0)
+    extend_seeds: int = F(5, "EXTEND: extra seeds, once, re-tested at alpha/2", 1, 100)
+    ci_level: float = F(0.95, "bootstrap confidence level", 0.5, 0.999)
+    bootstrap_resamples: int = F(10000, "bootstrap resamples", 100, 10**7)
+    full_max_loss_gap: float = F(0.02, "full: val loss may be at most this many nats worse than control",
+                                 0.0, 10.0)
+
+
+# --------------------------------------------------------------------------- hardware
+@dataclass(frozen=True)
+class HardwareConfig:
+    profile: str = F("cpu-tiny", "hardware profile (HARDWARE_PROFILES)", choices=("cpu-tiny", "rtx2060"))
+    gpu_mem_budget: int = F(5_400_000_000, "bytes a training run may plan for (6 GB card minus a margin "
+                            "for the CUDA context and fragmentation)", 1, 10**13)
+    cpu_mem_budget: int = F(8_000_000_000, "bytes a CPU training run may plan for", 1, 10**13)
+    peak_flops_fp16: float = F(25.8e12, "MFU denominator: RTX 2060 tensor fp16 with fp32 accumulate", 1.0, 1e18)
+    min_free_disk_gb: float = F(2.0, "a stage refuses to start below this free space on runs/", 0.0, 1e6)
+
+
+# Profiles list only what differs from the defaults.
+HARDWARE_PROFILES: dict[str, dict[str, Any]] = {
+    "cpu-tiny": {"preset": "tiny", "dtype": "float32"},
+    "rtx2060": {"preset": "small", "dtype": "float16", "gpu_mem_budget": 5_400_000_000,
+                "peak_flops_fp16": 25.8e12},
+}
+
+
+# --------------------------------------------------------------------------- queue
+@dataclass(frozen=True)
+class QueueConfig:
+    db_url: str = F("sqlite:///runs/queue.db", "queue database (relative sqlite paths are under the repo)")
+    host_name: str = F("", "this host's name in the queue; '' = the machine's hostname")
+    gpu_devices: str = F("0", "comma-separated GPU ids this host's gpu lane owns")
+    cpu_workers: int = F(0, "concurrent cpu-lane jobs; 0 = cores − 1, at least 1", 0, 1024)
+    lease_s: float = F(60.0, "a claim's lease; heartbeats renew it", 1.0, 86400.0)
+    heartbeat_s: float = F(10.0, "heartbeat period (well under lease_s)", 0.05, 3600.0)
+    max_attempts: int = F(3, "attempts before a job fails for good", 1, 100)
+    retry_backoff_s: float = F(30.0, "first retry delay; doubles per attempt", 0.0, 86400.0)
+    cancel_grace_s: float = F(30.0, "SIGTERM → SIGKILL grace for a cancelled or timed-out child", 0.0, 3600.0)
+    wall_smoke_s: float = F(900.0, "wall-time limit of a smoke job", 1.0, 10**7)
+    wall_ablation_s: float = F(4 * 3600.0, "wall-time limit of an ablation job", 1.0, 10**7)
+    wall_full_s: float = F(72 * 3600.0, "wall-time limit of a full job", 1.0, 10**7)
+    wall_task_s: float = F(3600.0, "wall-time limit of a generic task job", 1.0, 10**7)
+    agent_lease_s: float = F(1800.0, "an agent-lane claim's lease (a coding agent heartbeats)", 1.0, 10**7)
+    sqlite_synchronous: str = F("NORMAL", "SQLite synchronous level in WAL mode: NORMAL survives kill -9, "
+                                "may lose the last commits on power loss", choices=("NORMAL", "FULL"))
+    sqlite_busy_timeout_ms: int = F(30000, "SQLite busy timeout", 0, 10**7)
+    idle_poll_s: float = F(0.002, "an idle SQLite worker's re-check period (PostgreSQL uses LISTEN/NOTIFY)",
+                           0.0005, 60.0)
+
+
+# --------------------------------------------------------------------------- daemon
+@dataclass(frozen=True)
+class DaemonConfig:
+    tracker: str = F("local", "issue tracker: local (in the queue database) or github", choices=("local", "github"))
+    github_repo: str = F("", "owner/name watched when tracker = github")
+    github_api_url: str = F("https://api.github.com", "REST base URL (GitHub Enterprise: https://HOST/api/v3)")
+    token_file: str = F("", "file holding the GitHub token ('' = $CREDENTIALS_DIRECTORY/github-token)")
+    poll_interval: float = F(60.0, "seconds between issue polls", 1.0, 86400.0)
+    allowlist: tuple = F((), "logins trusted besides collaborators with write access (bots included)")
+    once_timeout_s: float = F(120.0, "`daemon --once` exits within this even when GitHub is down", 1.0, 86400.0)
+    write_interval_s: float = F(1.0, "outbox: at least this long between GitHub writes", 0.0, 3600.0)
+    max_rate_limit_wait_s: float = F(15.0, "longest a single request may sleep for a rate limit", 0.0, 3600.0)
+    github_timeout_s: float = F(15.0, "HTTP timeout of one GitHub request", 0.5, 600.0)
+    comment_max_chars: int = F(65536, "GitHub's comment body limit", 1000, 10**6)
+    archive_dir: str = F("", "cold tier for finished runs ('' = no archiving)")
+    archive_after_days: float = F(14.0, "finished runs older than this move to archive_dir", 0.0, 10**5)
+    git_push: bool = F(False, "push the findings commits")
+    git_author: str = F("refinery <refinery@localhost>", "author of refinery's commits")
+    full_requires_approval: bool = F(False, "full runs wait for a 👍 from a writer on the ablation result")
+    watchdog: bool = F(True, "send systemd watchdog pings when $WATCHDOG_USEC is set")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "train": TrainConfig, "stages": StageConfig, "gate": GateConfig,
+    "hardware": HardwareConfig, "queue": QueueConfig, "daemon": DaemonConfig,
+}
+# Environment aliases: these names are part of the contract (DESIGN.md, Settings).
+ENV_ALIASES = {"MODEL_ARCH": "arch"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: StageConfig = field(default_factory=StageConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    sources: tuple = ()  # ((field, source), ...) for fields not at their default
+
+    # ---- derived values: computed here so no module re-derives them differently
+    @property
+    def dims(self) -> dict[str, int]:
+        """d_model, n_heads, d_mlp after the size preset (explicit fields win)."""
+        d = dict(SIZE_PRESETS[self.model.preset])
+        for k in d:
+            if getattr(self.model, k):
+                d[k] = getattr(self.model, k)
+        return d
+
+    @property
+    def r_eval(self) -> int:
+        return self.model.r_eval or self.model.r_mean
+
+    @property
+    def cpu_workers(self) -> int:
+        return self.queue.cpu_workers or _cpu_workers_default()
+
+    @property
+    def host_name(self) -> str:
+        import socket
+        return self.queue.host_name or socket.gethostname()
+
+    @property
+    def db_url(self) -> str:
+        """The queue URL with a relative SQLite path made absolute under the repository."""
+        url = self.queue.db_url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str(ROOT / url[len(prefix):])
+        return url
+
+    def get(self, key: str) -> Any:
+        return getattr(getattr(self, FIELD_SECTION[key]), key)
+
+    def flat(self) -> dict[str, Any]:
+        return {k: self.get(k) for k in FIELD_SECTION}
+
+    def source_of(self, key: str) -> str:
+        return dict(self.sources).get(key, "default")
+
+    def replace(self, overrides: Mapping[str, Any], source: str = "override",
+                sources: Mapping[str, str] | None = None) -> Settings:
+        """A copy with flat `overrides` applied; raises ConfigError listing every problem."""
+        problems: list[Problem] = []
+        per_section: dict[str, dict[str, Any]] = {}
+        new_sources = dict(self.sources)
+        for key, raw in overrides.items():
+            src = (sources or {}).get(key, source)
+            if key not in FIELD_SECTION:
+                problems.append(Problem(key, "unknown key", suggest(key), src))
+                continue
+            try:
+                value = coerce(key, raw)
+            except ConfigError as e:
+                problems.extend(dataclasses.replace(p, source=src) for p in e.problems)
+                continue
+            per_section.setdefault(FIELD_SECTION[key], {})[key] = value
+            new_sources[key] = src
+        if problems:
+            raise ConfigError(problems)
+        sections = {name: dataclasses.replace(getattr(self, name), **per_section.get(name, {}))
+                    for name in SECTIONS}
+        out = Settings(**sections, sources=tuple(sorted(new_sources.items())))
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Cross-field rules a single range cannot express."""
+        m, probs = self.model, []
+        if m.r_min > m.r_max:
+            probs.append(Problem("r_min", f"r_min = {m.r_min} exceeds r_max = {m.r_max}", "lower r_min or raise r_max"))
+        if m.r_mean < m.r_min or (m.r_sampler == "uniform" and m.r_mean > m.r_max):
+            probs.append(Problem("r_mean", f"r_mean = {m.r_mean} outside [r_min, r_max] = [{m.r_min}, {m.r_max}]",
+                                 "set r_mean between r_min and r_max"))
+        if max(m.r_max, self.r_eval, 2 * m.r_mean) > m.r_limit:
+            probs.append(Problem("r_limit", f"r_limit = {m.r_limit} is below the deepest pass used "
+                                 f"({max(m.r_max, self.r_eval, 2 * m.r_mean)})", "raise r_limit"))
+        d = self.dims
+        if d["d_model"] % d["n_heads"] or (d["d_model"] // d["n_heads"]) % 2:
+            probs.append(Problem("n_heads", f"d_model = {d['d_model']} must split into {d['n_heads']} heads of "
+                                 "even size (RoPE)", "pick n_heads dividing d_model"))
+        for t in self.stages.tasks + (self.stages.control_task,):
+            if t not in TASK_NAMES:
+                probs.append(Problem("tasks", f"unknown task {t!r}", f"choose from {', '.join(TASK_NAMES)}"))
+        if self.queue.heartbeat_s >= self.queue.lease_s:
+            probs.append(Problem("heartbeat_s", f"heartbeat_s = {self.queue.heartbeat_s} must be below lease_s = "
+                                 f"{self.queue.lease_s}", "lower heartbeat_s (a third of lease_s is usual)"))
+        if self.daemon.tracker == "github" and "/" not in self.daemon.github_repo:
+            probs.append(Problem("github_repo", f"tracker = github needs github_repo as owner/name, got "
+                                 f"{self.daemon.github_repo!r}", "set REFINERY_GITHUB_REPO=owner/name"))
+        if probs:
+            raise ConfigError(probs)
+
+
+TASK_NAMES = ("khop", "s5", "listops", "summod", "copy")  # experiments/tasks/ implements these
+
+FIELD_SECTION: dict[str, str] = {}
+FIELD_META: dict[str, dict] = {}
+FIELD_TYPE: dict[str, type] = {}
+for _name, _cls in SECTIONS.items():
+    for _f in dataclasses.fields(_cls):
+        assert _f.name not in FIELD_SECTION, f"field name {_f.name} used twice: names must be unique"
+        FIELD_SECTION[_f.name] = _name
+        FIELD_META[_f.name] = dict(_f.metadata)
+        FIELD_TYPE[_f.name] = type(_f.default)
+
+
+def suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, list(FIELD_SECTION), n=1, cutoff=0.5)
+    return f'did you mean "{close[0]}"?' if close else "see `refinery config` for the known keys"
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def coerce(key: str, raw: Any) -> Any:
+    """Convert raw (a string from the environment, or a TOML value) to key's type and check its range."""
+    typ, meta = FIELD_TYPE[key], FIELD_META[key]
+
+    def bad(msg: str, hint: str) -> ConfigError:
+        return ConfigError([Problem(key, msg, hint)])
+
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                value = raw
+            elif isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+                value = raw.strip().lower() in _TRUE
+            else:
+                raise ValueError
+        elif typ is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            value = int(raw.replace("_", "")) if isinstance(raw, str) else int(raw)
+        elif typ is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        elif typ is tuple:
+            if isinstance(raw, str):
+                value = tuple(s.strip() for s in raw.split(",") if s.strip())
+            elif isinstance(raw, (list, tuple)) and all(isinstance(s, str) for s in raw):
+                value = tuple(raw)
+            else:
+                raise ValueError
+        else:
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw
+    except ValueError:
+        kind = {tuple: "a list of strings", bool: "true or false"}.get(typ, typ.__name__)
+        raise bad(f"{raw!r} is not {kind}", f"write {key} as {kind}") from None
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices and value not in choices:
+        raise bad(f"{value!r} is not one of {', '.join(map(str, choices))}", suggest_choice(value, choices))
+    if lo is not None and (value < lo or (meta.get("open_lo") and value == lo) or value > hi):
+        left = "(" if meta.get("open_lo") else "["
+        raise bad(f"{key} = {value} is out of range {left}{lo:g}, {hi:g}]", f"use a value in {left}{lo:g}, {hi:g}]")
+    return value
+
+
+def suggest_choice(value: Any, choices: tuple) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.4)
+    return f'did you mean "{close[0]}"?' if close else f"choose one of {', '.join(map(str, choices))}"
+
+
+# --------------------------------------------------------------------------- loading
+def env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """{field: (raw value, source)} from REFINERY_<FIELD> and the aliases; unknown REFINERY_ names too."""
+    out: dict[str, tuple[str, str]] = {}
+    for name, raw in env.items():
+        if name in ENV_ALIASES:
+            out[ENV_ALIASES[name]] = (raw, f"env:{name}")
+        elif name.startswith(ENV_PREFIX) and name not in NON_FIELD_ENV:
+            out[name[len(ENV_PREFIX):].lower()] = (raw, f"env:{name}")
+    return out
+
+
+# REFINERY_* variables that are not config fields (read by other code, documented in the README)
+NON_FIELD_ENV = {"REFINERY_PROFILE", "REFINERY_HOME"}
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < hardware profile < environment. Raises ConfigError naming every bad field."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    profile = env.get("REFINERY_PROFILE", settings.hardware.profile)
+    if profile not in HARDWARE_PROFILES:
+        raise ConfigError([Problem("profile", f"unknown hardware profile {profile!r}",
+                                   suggest_choice(profile, tuple(HARDWARE_PROFILES)), "env:REFINERY_PROFILE")])
+    prof = {"profile": profile, **HARDWARE_PROFILES[profile]}
+    settings = settings.replace(prof, source=f"profile:{profile}")
+    found = env_overrides(env)
+    raw = {k: v for k, (v, _) in found.items()}
+    settings = settings.replace(raw, sources={k: s for k, (_, s) in found.items()})
+    return settings
+
+
+def compute_dtype(device_type: str, capability: tuple[int, int] | None, requested: str = "auto") -> tuple[str, str]:
+    """The float16 policy, decided once: (dtype name, the reason as text). Torch-free.
+
+    CUDA: float16 autocast + GradScaler; bfloat16 only on compute capability ≥ 8.0
+    (Turing, sm_75, emulates it about 10x slower). CPU: float32 (fp16 matmuls on CPU are
+    slow and autocast there is bfloat16-only).
+    """
+    if device_type != "cuda":
+        if requested not in ("auto", "float32"):
+            raise ConfigError([Problem("dtype", f"{requested} on {device_type} is not supported",
+                                       "use dtype = auto or float32 on CPU")])
+        return "float32", f"{device_type}: float32 (no fast half-precision matmuls on CPU)"
+    cap = capability or (0, 0)
+    if requested == "bfloat16" and cap < (8, 0):
+        raise ConfigError([Problem("dtype", f"bfloat16 needs compute capability 8.0+, GPU is sm_{cap[0]}{cap[1]}",
+                                   "use dtype = auto or float16 (with GradScaler) on Turing and older")])
+    if requested == "float32":
+        return "float32", f"cuda sm_{cap[0]}{cap[1]}: float32 forced by config"
+    if requested == "bfloat16":
+        return "bfloat16", f"cuda sm_{cap[0]}{cap[1]}: bfloat16 requested and supported"
+    return "float16", (f"cuda sm_{cap[0]}{cap[1]}: float16 autocast with GradScaler"
+                       + ("; no bfloat16 below sm_80" if cap < (8, 0) else ""))
+
+
+def read_github_token(env: Mapping[str, str] | None = None, settings: Settings | None = None) -> str | None:
+    """GITHUB_TOKEN, else token_file, else $CREDENTIALS_DIRECTORY/github-token. Never logged."""
+    env = os.environ if env is None else env
+    if env.get("GITHUB_TOKEN"):
+        return env["GITHUB_TOKEN"].strip()
+    path = (settings.daemon.token_file if settings else "") or ""
+    if not path and env.get("CREDENTIALS_DIRECTORY"):
+        path = os.path.join(env["CREDENTIALS_DIRECTORY"], "github-token")
+    if path and os.path.isfile(path):
+        return Path(path).read_text().strip() or None
+    return None
+
+
+def describe(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """Rows (section, field, value, source) for `refinery config`; secrets are never fields."""
+    return [(FIELD_SECTION[k], k, repr(v), settings.source_of(k)) for k, v in settings.flat().items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load()
+    except ConfigError as e:
+        print(f"refinery: bad configuration: {e}", file=sys.stderr)
+        return 2
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # before `make` has installed rich
+        for row in describe(settings):
+            print("  ".join(row))
+        return 0
+    table = Table(title="refinery configuration", show_lines=False)
+    for col in ("section", "field", "value", "source"):
+        table.add_column(col)
+    for section, key, value, source in describe(settings):
+        table.add_row(section, key, value, source, style=None if source == "default" else "bold")
+    table.add_row("derived", "dims", repr(settings.dims), "preset " + settings.model.preset)
+    table.add_row("derived", "cpu_workers", str(settings.cpu_workers), "queue.cpu_workers")
+    table.add_row("secret", "github token", "set" if read_github_token(settings=settings) else "not set", "env/file")
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The foundation: config, tokenizer, CLI wiring.  Run: .venv/bin/python -m pytest tests/test_foundation.py"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+import config
+from config import ROOT, ConfigError
+
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("REFINERY_") and k != "MODEL_ARCH"}
+
+
+def refinery(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**CLEAN_ENV, **(env or {})}, timeout=120)
+
+
+def test_defaults_load_and_validate():
+    s = config.load(CLEAN_ENV)
+    assert s.model.arch == "refiner"
+    assert s.source_of("preset") == "profile:cpu-tiny"
+    assert s.dims == config.SIZE_PRESETS["tiny"]
+    assert s.r_eval == s.model.r_mean
+
+
+def test_env_override_records_source():
+    s = config.load({**CLEAN_ENV, "MODEL_ARCH": "reasoner", "REFINERY_LR": "0.001"})
+    assert s.model.arch == "reasoner" and s.source_of("arch") == "env:MODEL_ARCH"
+    assert s.train.lr == 0.001 and s.source_of("lr") == "env:REFINERY_LR"
+
+
+@pytest.mark.parametrize("env,field", [
+    ({"REFINERY_LR": "3"}, "lr"),
+    ({"MODEL_ARCH": "transformer"}, "arch"),
+    ({"REFINERY_CPU_WORKERS": "many"}, "cpu_workers"),
+    ({"REFINERY_N_REFINE": "4"}, "n_refine"),
+])
+def test_bad_value_names_the_field(env, field):
+    with pytest.raises(ConfigError) as e:
+        config.load({**CLEAN_ENV, **env})
+    assert e.value.problems[0].key == field
+
+
+def test_unknown_key_suggests_the_near_one():
+    with pytest.raises(ConfigError) as e:
+        config.Settings().replace({"r_maxx": 3})
+    assert 'did you mean "r_max"' in str(e.value)
+
+
+def test_cross_field_rule():
+    with pytest.raises(ConfigError, match="r_min"):
+        config.Settings().replace({"r_min": 5, "r_max": 3, "r_mean": 4})
+
+
+def test_bfloat16_refused_below_sm80():
+    with pytest.raises(ConfigError, match="bfloat16"):
+        config.compute_dtype("cuda", (7, 5), "bfloat16")
+    dtype, reason = config.compute_dtype("cuda", (7, 5), "auto")
+    assert dtype == "float16" and "GradScaler" in reason
+    assert config.compute_dtype("cuda", (8, 0), "bfloat16")[0] == "bfloat16"
+    assert config.compute_dtype("cpu", None, "auto")[0] == "float32"
+
+
+def test_field_names_are_unique_and_documented():
+    for key, meta in config.FIELD_META.items():
+        assert meta["help"], f"{key} has no comment"
+
+
+def test_cli_config_bad_value_exits_nonzero_with_one_line():
+    proc = refinery("config", env={"REFINERY_POLL_INTERVAL": "-5"})
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "poll_interval" in err[0]
+
+
+def test_cli_config_prints_sources():
+    proc = refinery("config", env={"REFINERY_LR": "0.002", "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "env:REFINERY_LR" in proc.stdout
+
+
+def test_tokenizer_hello_world():
+    from refiner_model import tokenizer
+
+    assert tokenizer.encode("hello world") == [31373, 995]
+    assert tokenizer.single_token(" a") == 257
+
+
+def test_tokenizer_corrupt_cache_is_detected_and_rebuilt(tmp_path):
+    from refiner_model import tokenizer
+
+    path = tokenizer.ensure()
+    good = path.read_bytes()
+    try:
+        path.write_bytes(good[:-100] + b"corrupted\n")
+        assert not tokenizer._cache_ok(path)
+        rebuilt = tokenizer.ensure()
+        assert hashlib.sha256(rebuilt.read_bytes()).hexdigest() == tokenizer.R50K_SHA256
+    finally:
+        if not tokenizer._cache_ok(path):
+            path.write_bytes(good)
+
+
+def test_python_m_agent_matches_console_script():
+    proc = refinery("--help")
+    assert proc.returncode == 0 and "refinery" in proc.stdout
