@@ -16,6 +16,7 @@ from config import RefineryError
 COMMAND_MODULES = (
     "agent.cli_config",  # config
     "agent.cli_daemon",  # daemon, status, demo, service, archive
+    "agent.cli_ops",     # service install, archive run|verify|bench
     "agent.cli_issue",   # issue new|ls|show|comment|label|close (local tracker)
     "agent.cli_queue",   # queue ..., gpu-lock
     "agent.cli_stage",   # smoke, ablate, train, corpus
