@@ -106,6 +106,8 @@ class ModelConfig:
     rope_base: float = F(10000.0, "RoPE frequency base", 1.0, 1e7)
     init_std: float = F(0.02, "weight init std; 0.02 also keeps a tied 50k head out of denormals on CPU",
                         1e-5, 1.0, open_lo=True)
+    loss_chunk_tokens: int = F(4096, "tokens per chunk of the language-modelling loss; each chunk's logits "
+                               "are recomputed in backward, so at most chunk x vocab logits live at once", 64, 10**7)
 
 
 # name: (d_model, n_heads, d_mlp). tiny trains on 2 CPU cores in seconds; small fits the
@@ -127,6 +129,7 @@ class TrainConfig:
     batch_size: int = F(32, "examples (or windows) per step", 1, 65536)
     warmup_steps: int = F(50, "linear LR warm-up", 0, 10**7)
     grad_clip: float = F(1.0, "global grad-norm clip; 0 = off", 0.0, 1e6)
+    lr_final_frac: float = F(0.1, "cosine decay ends at this fraction of the peak LR", 0.0, 1.0)
     seed: int = F(0, "base seed; a seed sets init, the data stream and the depth draws", 0, 2**31 - 1)
     dtype: str = F("auto", "compute dtype: auto (float16 on CUDA, float32 on CPU), or force one",
                    choices=("auto", "float32", "float16", "bfloat16"))
@@ -147,6 +150,10 @@ class StageConfig:
     summod_len: int = F(8, "sum-mod-p control: operands", 1, 64)
     summod_p: int = F(10, "sum-mod-p control: modulus", 2, 97)
     test_examples: int = F(2000, "held-out test set size per task (own seed)", 100, 10**6)
+    level_by_depth: bool = F(True, "toy training: a batch drawn at depth r mixes levels 1..ceil(level·r/r_max) "
+                             "(r ≥ k for k-hop), so shallow draws are not spent on problems they cannot solve")
+    eval_r_max: int = F(0, "toy evaluation: the depth curve reads out after passes 1..this; 0 = 2·r_mean", 0, 256)
+    stage_threads: int = F(0, "torch CPU threads in a stage; 0 = torch's default (all cores)", 0, 1024)
     smoke_steps: int = F(150, "smoke: steps checked for NaN, scale and gate health", 1, 10**6)
     smoke_overfit_steps: int = F(150, "smoke: steps to overfit one batch", 1, 10**6)
     smoke_overfit_loss: float = F(0.5, "smoke: the overfit batch must reach this loss (nats)", 0.0, 100.0)
@@ -223,6 +230,7 @@ class QueueConfig:
     sqlite_busy_timeout_ms: int = F(30000, "SQLite busy timeout", 0, 10**7)
     idle_poll_s: float = F(0.002, "an idle SQLite worker's re-check period (PostgreSQL uses LISTEN/NOTIFY)",
                            0.0005, 60.0)
+    runs_dir: str = F("runs", "run directories, runs/locks/ and runs/agent/ (relative paths are under the repo)")
 
 
 # --------------------------------------------------------------------------- daemon
@@ -238,13 +246,24 @@ class DaemonConfig:
     write_interval_s: float = F(1.0, "outbox: at least this long between GitHub writes", 0.0, 3600.0)
     max_rate_limit_wait_s: float = F(15.0, "longest a single request may sleep for a rate limit", 0.0, 3600.0)
     github_timeout_s: float = F(15.0, "HTTP timeout of one GitHub request", 0.5, 600.0)
+    github_backoff_s: float = F(5.0, "first pause after a GitHub 5xx or network error; doubles per failure up "
+                                "to 300 s (never hammer an outage)", 0.0, 3600.0)
+    resync_s: float = F(86400.0, "a full re-read of the open issues this often, besides the `since` "
+                        "cursor (catches anything a cursor could miss); 0 = never", 0.0, 10**7)
     comment_max_chars: int = F(65536, "GitHub's comment body limit", 1000, 10**6)
     archive_dir: str = F("", "cold tier for finished runs ('' = no archiving)")
     archive_after_days: float = F(14.0, "finished runs older than this move to archive_dir", 0.0, 10**5)
     git_push: bool = F(False, "push the findings commits")
     git_author: str = F("refinery <refinery@localhost>", "author of refinery's commits")
+    docs_dir: str = F("docs", "where findings/, registry/ and ROADMAP.md are written (relative: under the repo)")
+    git_commit: bool = F(True, "commit refinery's documents when docs_dir is inside a git repository")
+    progress_edit_s: float = F(60.0, "the per-idea progress comment is edited at most this often", 1.0, 86400.0)
     full_requires_approval: bool = F(False, "full runs wait for a 👍 from a writer on the ablation result")
     watchdog: bool = F(True, "send systemd watchdog pings when $WATCHDOG_USEC is set")
+    watchdog_s: float = F(180.0, "systemd WatchdogSec: a loop silent this long is restarted; above the "
+                          "longest single step (GitHub timeouts, rate-limit waits, a git commit)", 10.0, 86400.0)
+    stop_timeout_s: float = F(900.0, "systemd TimeoutStopSec: a warm stop (finish the step, checkpoint, exit 75) "
+                              "must fit; SIGKILL after it", 30.0, 86400.0)
 
 
 SECTIONS: dict[str, type] = {
