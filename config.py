@@ -5,7 +5,8 @@ its allowed range and why it has the value it has. Nothing else in the
 repository defines a constant of its own; modules read them from here.
 
 Layers, later wins:  defaults  <  hardware profile  <  size preset (model dims)
-                     <  environment (REFINERY_<FIELD>, MODEL_ARCH)  <  spec (TOML)
+                     <  environment (REFINERY_<FIELD>, MODEL_ARCH)  <  REFINERY_ENV_FILE's lines
+                     <  spec (TOML)
 
     python -m config             # the effective configuration and where each value came from
     refinery config              # the same
@@ -141,8 +142,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class StageConfig:
     tasks: tuple = F(("khop", "s5", "listops"), "depth tasks of the ablation (experiments/tasks/)")
-    control_task: str = F("summod", "task where constant depth suffices: an effect there means the "
-                          "instrument is broken")
+    control_task: str = F("copy", "task where constant depth suffices: an effect there means the "
+                          "instrument is broken (copy = one-hop lookup; summod needs depth at the tiny preset)")
     khop_n: int = F(8, "k-hop: symbols in the permutation", 4, 16)
     khop_k: int = F(4, "k-hop: hops at the hardest in-distribution level", 1, 8)
     s5_len: int = F(8, "S5 word problem: generators composed", 1, 16)
@@ -165,6 +166,10 @@ class StageConfig:
     ckpt_every: int = F(500, "full: checkpoint every N steps (and on SIGTERM)", 1, 10**9)
     eval_every: int = F(250, "evaluate every N steps", 1, 10**9)
     eval_batches: int = F(20, "validation batches per evaluation (full stage)", 1, 10**6)
+    full_probe_task: str = F("khop", "full: the toy task of the depth probe after language modelling",
+                             choices=("khop", "s5", "listops", "summod", "copy"))
+    full_probe_steps: int = F(300, "full: fine-tuning steps of the depth probe on that task (r50k ids)", 0, 10**7)
+    corpus_dir: str = F("runs/corpus", "full: the tokenized corpus (relative paths are under the repo)")
 
 
 # --------------------------------------------------------------------------- gate
@@ -231,6 +236,10 @@ class QueueConfig:
     idle_poll_s: float = F(0.002, "an idle SQLite worker's re-check period (PostgreSQL uses LISTEN/NOTIFY)",
                            0.0005, 60.0)
     runs_dir: str = F("runs", "run directories, runs/locks/ and runs/agent/ (relative paths are under the repo)")
+    max_resumes: int = F(20, "exit-75 resumes (stopped warm, checkpoint written) a job may take before they count "
+                         "as failed attempts: a job that always exits 75 must not loop forever", 0, 10**6)
+    resume_backoff_s: float = F(5.0, "delay before a job that exited 75 on its own is claimed again "
+                                "(a worker's warm stop requeues at once)", 0.0, 86400.0)
 
 
 # --------------------------------------------------------------------------- daemon
@@ -258,7 +267,15 @@ class DaemonConfig:
     docs_dir: str = F("docs", "where findings/, registry/ and ROADMAP.md are written (relative: under the repo)")
     git_commit: bool = F(True, "commit refinery's documents when docs_dir is inside a git repository")
     progress_edit_s: float = F(60.0, "the per-idea progress comment is edited at most this often", 1.0, 86400.0)
-    full_requires_approval: bool = F(False, "full runs wait for a 👍 from a writer on the ablation result")
+    full_requires_approval: bool = F(False, "full runs wait for a 👍 from a writer on the replication's result "
+                                     "comment")
+    graveyard_max_diff: int = F(2, "intake: a new idea resembles a killed one when their effective specs differ "
+                                "in at most this many idea-defining keys (budgets and seeds ignored)", 0, 1000)
+    noise_floor_every_s: float = F(0.0, "re-run the control (reasoner) on fresh seeds this often when its lane is "
+                                   "idle, to measure the seed-to-seed spread per task; 0 = off (604800 = weekly)",
+                                   0.0, 10**9)
+    noise_floor_seeds: int = F(5, "seeds per depth task in one noise-floor run", 2, 100)
+    noise_floor_lane: str = F("gpu", "the lane the noise-floor run waits for and runs on", choices=("gpu", "cpu"))
     watchdog: bool = F(True, "send systemd watchdog pings when $WATCHDOG_USEC is set")
     watchdog_s: float = F(180.0, "systemd WatchdogSec: a loop silent this long is restarted; above the "
                           "longest single step (GitHub timeouts, rate-limit waits, a git commit)", 10.0, 86400.0)
@@ -453,32 +470,69 @@ def suggest_choice(value: Any, choices: tuple) -> str:
 
 
 # --------------------------------------------------------------------------- loading
-def env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+def env_overrides(env: Mapping[str, str], origin: str = "env") -> dict[str, tuple[str, str]]:
     """{field: (raw value, source)} from REFINERY_<FIELD> and the aliases; unknown REFINERY_ names too."""
     out: dict[str, tuple[str, str]] = {}
     for name, raw in env.items():
         if name in ENV_ALIASES:
-            out[ENV_ALIASES[name]] = (raw, f"env:{name}")
+            out[ENV_ALIASES[name]] = (raw, f"{origin}:{name}")
         elif name.startswith(ENV_PREFIX) and name not in NON_FIELD_ENV:
-            out[name[len(ENV_PREFIX):].lower()] = (raw, f"env:{name}")
+            out[name[len(ENV_PREFIX):].lower()] = (raw, f"{origin}:{name}")
     return out
 
 
-# REFINERY_* variables that are not config fields (read by other code, documented in the README)
-NON_FIELD_ENV = {"REFINERY_PROFILE", "REFINERY_HOME"}
+# REFINERY_* variables that are not config fields (read by other code, documented in the README).
+# REFINERY_ENV_FILE: a file of KEY=VALUE lines (systemd EnvironmentFile= syntax) read on every load(),
+# its values winning over the environment, so `systemctl reload` (SIGHUP) picks up edits; a leading
+# "-" (as in systemd) makes a missing file no error.
+NON_FIELD_ENV = {"REFINERY_PROFILE", "REFINERY_HOME", "REFINERY_ENV_FILE"}
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """KEY=VALUE lines of an environment file: blank lines and #/; comments skipped, one pair of
+    surrounding quotes removed. Raises ConfigError for a missing file (unless `path` starts with
+    "-") or a line that is not KEY=VALUE."""
+    optional = path.startswith("-")
+    path = path[1:] if optional else path
+    src = f"env:REFINERY_ENV_FILE={path}"
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        if optional:
+            return {}
+        raise ConfigError([Problem("REFINERY_ENV_FILE", f"cannot read {path}: {e.strerror or e}",
+                                   "point it at an existing file, or prefix the path with '-' to allow none",
+                                   src)]) from None
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        key, eq, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key.replace("_", "").isalnum():
+            raise ConfigError([Problem("REFINERY_ENV_FILE", f"{path} line {n} is not KEY=VALUE: {line[:60]!r}",
+                                       "write one NAME=value per line", src)])
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out[key] = value
+    return out
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
-    """Defaults < hardware profile < environment. Raises ConfigError naming every bad field."""
+    """Defaults < hardware profile < environment < REFINERY_ENV_FILE. Raises ConfigError naming every bad field."""
     env = os.environ if env is None else env
+    file_vars = read_env_file(env["REFINERY_ENV_FILE"]) if env.get("REFINERY_ENV_FILE") else {}
+    file_vars.pop("REFINERY_ENV_FILE", None)  # no chains of files
     settings = Settings()
-    profile = env.get("REFINERY_PROFILE", settings.hardware.profile)
+    profile = file_vars.get("REFINERY_PROFILE", env.get("REFINERY_PROFILE", settings.hardware.profile))
     if profile not in HARDWARE_PROFILES:
         raise ConfigError([Problem("profile", f"unknown hardware profile {profile!r}",
                                    suggest_choice(profile, tuple(HARDWARE_PROFILES)), "env:REFINERY_PROFILE")])
     prof = {"profile": profile, **HARDWARE_PROFILES[profile]}
     settings = settings.replace(prof, source=f"profile:{profile}")
     found = env_overrides(env)
+    found.update(env_overrides(file_vars, origin="file"))  # the file wins over the environment
     raw = {k: v for k, (v, _) in found.items()}
     settings = settings.replace(raw, sources={k: s for k, (_, s) in found.items()})
     return settings

@@ -1,0 +1,408 @@
+"""The daemon: poll the tracker, take in changed issues, run the queue, report, deliver the outbox.
+
+    d = Daemon(settings)          # store, tracker, intake, outbox, worker, all on one database
+    d.tick(now)                   # one iteration (tests step it): poll if due, work, report, deliver
+    d.once()                      # `refinery daemon --once`: poll, drain what is runnable, deliver, return
+    d.serve()                     # `refinery daemon`: APScheduler polls every poll_interval; the main
+                                  # thread runs the worker and the sender; SIGTERM/SIGINT: warm stop,
+                                  # a second one: cold stop; SIGHUP: reload() the settings
+
+GitHub being rate-limited or down never stops the queue: a poll or a delivery that meets
+TrackerUnavailable is noted (one line: what GitHub answered, until when) and retried after `until`;
+writes stay in the outbox. The reporter turns job transitions into status labels and short
+comments through the outbox (keys per job and state, so each is said once).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import config
+from agent import sdnotify
+from agent.intake import Intake
+from agent.outbox import Delivery, Outbox, Sender
+from agent.tracker import Tracker, TrackerError, TrackerUnavailable, make_tracker
+from jobqueue.models import Job, State
+from jobqueue.outbox import IntakeMemory, KeyValue, OutboxStore
+from jobqueue.store import Store
+
+log = logging.getLogger("refinery.daemon")
+
+VERDICT_STATUS = {"PASS": "passed", "FAIL": "killed", "ERROR": "failed"}
+REPORT_WINDOW = 200  # newest jobs the reporter looks at each pass
+STOP_MARGIN_S = 10.0  # a warm stop turns cold this long before stop_timeout_s (systemd's SIGKILL)
+# Settings a SIGHUP cannot change while running (read once at start: connections, paths, the worker's slots,
+# the scheduler's watchdog); a reload that changes them says so and keeps the running values.
+RESTART_ONLY = frozenset({"db_url", "sqlite_synchronous", "sqlite_busy_timeout_ms", "host_name", "gpu_devices",
+                          "cpu_workers", "runs_dir", "docs_dir", "tracker", "github_repo", "github_api_url",
+                          "token_file", "github_timeout_s", "watchdog", "watchdog_s"})
+
+
+@dataclass
+class PollReport:
+    changed: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    not_modified: int = 0
+    unavailable: TrackerUnavailable | None = None
+    error: str | None = None
+
+
+def until_text(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+class Daemon:
+    def __init__(self, settings: config.Settings, store: Store | None = None, tracker: Tracker | None = None,
+                 worker=None):
+        self.settings = settings
+        self.store = store or Store(settings)
+        engine = self.store.engine
+        self.kv = KeyValue(engine)
+        self.memory = IntakeMemory(engine)
+        self.outbox_store = OutboxStore(engine)
+        self.tracker = tracker or make_tracker(settings, engine)
+        self.outbox = Outbox(settings, self.outbox_store)
+        self.sender = Sender(settings, self.tracker, self.outbox_store, self.kv)
+        self.intake = Intake(settings, self.store, self.tracker, self.outbox, self.memory)
+        self._worker = worker
+        self.next_poll = 0.0
+        self.github_note: str | None = None  # the last thing GitHub said when it was unavailable
+        self.kick = threading.Event()  # set by a poll that enqueued work: the main loop steps at once
+        self.stop_event = threading.Event()
+        self.stops = 0
+        self.stop_requested_at: float | None = None  # the first stop signal (the warm-stop time is measured from it)
+        self.reload_requested = False  # SIGHUP seen; the main loop reloads
+        self._sched = None  # the poll scheduler while serve() runs
+        self._watchdog: sdnotify.Watchdog | None = None
+        self._reported: dict[int, str] = {}
+        self.on_job: list = [self.report_job]  # hooks called with each job whose state changed
+        from agent.pipeline import Pipeline
+
+        self.pipeline = Pipeline(settings, self.store, self.outbox, self.kv, self.tracker)  # stage chaining
+
+    @property
+    def worker(self):
+        if self._worker is None:
+            from jobqueue.worker import Worker
+
+            self._worker = Worker(self.store, self.settings)
+        return self._worker
+
+    # ------------------------------------------------------------------ the pieces
+    def poll(self) -> PollReport:
+        """Read what changed and hand each issue to intake. Never raises for GitHub trouble."""
+        rep = PollReport()
+        try:
+            p = self.tracker.poll()
+            rep.requests, rep.not_modified, rep.changed = p.requests, p.not_modified, len(p.issues)
+            for issue in p.issues:
+                word = self.intake.process(issue)
+                rep.decisions[word] = rep.decisions.get(word, 0) + 1
+                if word in ("enqueued", "agent item"):
+                    self.kick.set()
+            self.tracker.ack(p)  # only now: a crash above re-reads these issues (intake is idempotent)
+            self._note(None)
+        except TrackerUnavailable as e:
+            rep.unavailable = e
+            self._note(e)
+        except TrackerError as e:
+            rep.error = str(e)
+            log.error("poll: %s", e)
+        return rep
+
+    def _note(self, e: TrackerUnavailable | None) -> None:
+        if e is None:
+            if self.github_note:
+                log.info("%s is answering again", self.tracker.name)
+            self.github_note = None
+            return
+        line = f"{self.tracker.name}: {e}; waiting until {until_text(e.until)}"
+        if line != self.github_note:
+            log.warning("%s", line)
+        self.github_note = line
+
+    def work(self, now: float) -> bool:
+        """One worker iteration, then the reporter and the pipeline. True if the worker did something."""
+        did = bool(self.worker.step(now))
+        self.report()
+        if self.pipeline is not None:
+            did |= bool(self.pipeline.step(now))
+        return did
+
+    def report(self) -> None:
+        """Call the on_job hooks for each recent job whose state changed since it was last reported
+        (kept in the database, so a restart does not walk every job again)."""
+        if not self._reported:
+            self._reported = {int(k): v for k, v in (self.kv.get("daemon.reported") or {}).items()}
+        jobs = self.store.list(limit=REPORT_WINDOW)
+        changed = False
+        for job in jobs:
+            if job.issue is None or self._reported.get(job.id) == str(job.state):
+                continue
+            for hook in self.on_job:
+                hook(job)
+            self._reported[job.id] = str(job.state)
+            changed = True
+        if changed:
+            window = {j.id for j in jobs}
+            self._reported = {k: v for k, v in self._reported.items() if k in window}
+            self.kv.put("daemon.reported", {str(k): v for k, v in self._reported.items()})
+
+    def report_job(self, job: Job) -> None:
+        """Status labels and a short comment per transition (outbox keys make each one-time). Decided
+        pipeline stages (payload "stage") are the pipeline's to report (agent/pipeline.py)."""
+        n = job.issue
+        base = f"i{n}/j{job.id}/{job.payload.get('stage', job.kind)}"
+        assert n is not None
+        if job.state == State.RUNNING:
+            self.outbox.status(n, f"{base}/status-running", "running")
+        elif job.state in (State.SUCCEEDED, State.FAILED) and "stage" in job.payload:
+            return
+        elif job.state == State.SUCCEEDED:
+            verdict = str((job.result or {}).get("verdict", "done")).upper()
+            reason = (job.result or {}).get("reason", "")
+            self.outbox.comment(n, f"{base}/result", f"**{job.kind}: {verdict}** (job {job.id})"
+                                + (f" — {reason}" if reason else "")
+                                + (f"\n\nRun directory: `{job.run_dir}`" if job.run_dir else ""), job.run_dir)
+            if verdict in VERDICT_STATUS:  # EXTEND and the like: the pipeline goes on, the label stays
+                self.outbox.status(n, f"{base}/status-done", VERDICT_STATUS[verdict])
+        elif job.state == State.FAILED:
+            tail = (job.error or "")[-3000:]
+            self.outbox.comment(n, f"{base}/failed", f"**{job.kind} failed** (job {job.id}, attempt {job.tries}"
+                                f" of {job.max_attempts}).\n\n```\n{tail}\n```", job.run_dir)
+            self.outbox.status(n, f"{base}/status-failed", "failed")
+        elif job.state == State.CANCELLED:
+            if "was closed" not in (job.error or ""):  # intake already said so on the issue
+                self.outbox.comment(n, f"{base}/cancelled", f"{job.kind} (job {job.id}) was cancelled: "
+                                    f"{job.error or 'by hand'}.")
+            self.outbox.status(n, f"{base}/status-cancelled", "cancelled")
+
+    def deliver(self, deadline: float | None = None, max_items: int | None = None) -> Delivery:
+        d = self.sender.deliver(deadline=deadline, max_items=max_items)
+        if d.blocked is not None:
+            self._note(d.blocked)
+        return d
+
+    def tick(self, now: float | None = None) -> None:
+        """One iteration of the long-running loop (tests call this; serve() runs the same pieces)."""
+        now = time.time() if now is None else now
+        if now >= self.next_poll:
+            self.next_poll = now + self.settings.daemon.poll_interval
+            self.poll()
+        self.work(now)
+        self.deliver(deadline=time.time() + 2 * self.settings.daemon.write_interval_s + 1, max_items=5)
+
+    # ------------------------------------------------------------------ --once
+    def once(self) -> dict:
+        """Poll, drain what is runnable, deliver the outbox; GitHub waits are bounded by once_timeout_s."""
+        start = time.time()
+        deadline = start + self.settings.daemon.once_timeout_s
+        rep = self.poll()
+        while True:  # drain: until the worker neither starts nor runs anything
+            did = self.work(time.time())
+            if self.github_note is None and time.time() < deadline:
+                self.deliver(deadline=min(deadline, time.time() + 5), max_items=20)
+            if not did and not self.worker.busy:
+                break
+            if not did:
+                self.store.wait_for_work(0.05)
+        if self.github_note is None:
+            self.deliver(deadline=deadline)
+        self.report()
+        if self.github_note is None and time.time() < deadline:
+            self.deliver(deadline=deadline)
+        counts = self.outbox_store.counts()
+        return {"changed": rep.changed, "decisions": rep.decisions, "requests": rep.requests,
+                "not_modified": rep.not_modified, "outbox_pending": counts["pending"], "outbox_dead": counts["dead"],
+                "github": self.github_note, "wall_s": round(time.time() - start, 2)}
+
+    # ------------------------------------------------------------------ the service
+    def _poll_job(self) -> None:
+        try:
+            rep = self.poll()
+            if rep.changed:
+                log.info("poll: %d changed %s", rep.changed, rep.decisions)
+        except Exception:  # noqa: BLE001 - a poll bug must not kill the scheduler thread; it is logged
+            log.exception("poll failed")
+
+    def _signal(self, signum, _frame) -> None:
+        """SIGINT/SIGTERM: the first a warm stop, the second a cold stop. The children are signalled
+        at once (the main loop may sit in a GitHub wait); everything else happens in the loop."""
+        self.stops += 1
+        if self.stops == 1:
+            self.stop_requested_at = time.time()
+        log.warning("signal %d: %s stop", signum, "warm" if self.stops == 1 else "cold")
+        if self._worker is not None:  # none yet: nothing runs (and none is made in a signal handler)
+            if self.stops == 1:
+                self._worker.warm_stop()
+            else:
+                self._worker.cold_stop()
+        self.stop_event.set()
+        self.kick.set()
+
+    def _hup(self, _signum, _frame) -> None:
+        """SIGHUP (`systemctl reload refinery`): only a flag; the main loop calls reload()."""
+        self.reload_requested = True
+        self.kick.set()
+
+    def serve(self, install_signals: bool = True) -> int:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._signal)
+            signal.signal(signal.SIGINT, self._signal)
+            signal.signal(signal.SIGHUP, self._hup)
+        sched = self._sched = BackgroundScheduler(timezone=UTC)
+        sched.add_job(self._poll_job, "interval", seconds=self.settings.daemon.poll_interval, id="poll",
+                      next_run_time=datetime.now(UTC), max_instances=1, coalesce=True, misfire_grace_time=None)
+        sched.start()
+        log.info("daemon: %s tracker, polling every %g s", self.tracker.name, self.settings.daemon.poll_interval)
+        watchdog = self._watchdog = sdnotify.Watchdog.from_settings(self.settings)
+        sdnotify.ready(f"polling {self.tracker.name} every {self.settings.daemon.poll_interval:g} s")
+        try:
+            while not self.stop_event.is_set():
+                watchdog.ping(time.time())
+                try:
+                    if self.reload_requested:
+                        self.reload_requested = False
+                        self.reload()
+                    self.work(time.time())
+                    self.deliver(deadline=time.time() + 2 * self.settings.daemon.write_interval_s + 1, max_items=5)
+                except Exception:  # noqa: BLE001 - keep serving; the error is logged with its traceback
+                    log.exception("daemon loop")
+                    time.sleep(1.0)
+                self.kick.wait(0.5)
+                self.kick.clear()
+        finally:
+            sdnotify.stopping()
+            sched.shutdown(wait=False)
+            running = self.drain_stop()
+            took = time.time() - (self.stop_requested_at or time.time())
+            log.info("stopped (%s) in %.2f s after the signal; %d job(s) were running",
+                     "warm" if self.stops <= 1 else "cold", took, running)
+        return 0
+
+    def drain_stop(self) -> int:
+        """After a stop request: step the worker until its children are gone (warm: a full stage
+        checkpoints and exits 75 and is requeued without losing an attempt). A child still running
+        STOP_MARGIN_S before stop_timeout_s (systemd's TimeoutStopSec) is killed (a cold stop) so
+        its job is requeued here rather than left `running` for the next start to recover.
+        Returns how many children were running."""
+        worker = self._worker
+        if worker is None or not worker.busy:
+            return 0
+        running = len(worker.children)
+        # again: a child launched while the signal handler ran is not signalled yet (idempotent)
+        if self.stops <= 1:
+            worker.warm_stop()
+        else:
+            worker.cold_stop()
+        watchdog = self._watchdog or sdnotify.Watchdog(enabled=False)
+        budget = self.settings.daemon.stop_timeout_s
+        start = self.stop_requested_at or time.time()
+        cold_at = start + max(budget - STOP_MARGIN_S, budget / 2)
+        sdnotify.status(f"stopping: waiting for {running} job(s) to checkpoint")
+        while worker.busy:
+            now = time.time()
+            watchdog.ping(now)
+            if now >= cold_at and worker.stopping != "cold":
+                log.warning("warm stop: %d child(ren) still running after %.0f s; killing them (cold stop)",
+                            len(worker.children), now - start)
+                worker.cold_stop()
+            if now >= start + budget + STOP_MARGIN_S:  # SIGKILL did not take? give up; the next start recovers
+                log.error("stop: %d child(ren) did not exit; leaving them to recovery", len(worker.children))
+                break
+            worker.step(now)
+            if worker.busy:
+                time.sleep(0.05)
+        return running
+
+    # ------------------------------------------------------------------ reload (SIGHUP)
+    def reload(self) -> dict[str, tuple]:
+        """Re-read the settings (config.load(): environment and REFINERY_ENV_FILE, then the command
+        line's flags again) and apply what can change while running; RESTART_ONLY fields keep their
+        running values, with a warning. Returns {field: (old, new)} of what was applied; a bad
+        configuration changes nothing (logged)."""
+        notify_reload()
+        try:
+            flags = {k: self.settings.get(k) for k, src in self.settings.sources if src == "flag"}
+            new = config.load()
+            new = new.replace(flags, source="flag") if flags else new
+        except config.ConfigError as e:
+            log.error("reload: bad configuration, nothing changed: %s", e)
+            sdnotify.ready(f"reload refused: {e}")
+            return {}
+        old = self.settings
+        changed = {k: (old.get(k), new.get(k)) for k in config.FIELD_SECTION if old.get(k) != new.get(k)}
+        kept = sorted(k for k in changed if k in RESTART_ONLY)
+        live = {k: v for k, v in changed.items() if k not in RESTART_ONLY}
+        if live:
+            self._apply(old.replace({k: new_v for k, (_, new_v) in live.items()},
+                                    sources={k: new.source_of(k) for k in live}))
+        text = "; ".join(f"{k} {a!r} → {b!r} ({new.source_of(k)})" for k, (a, b) in sorted(live.items()))
+        log.info("reload: %s", text or "no setting changed")
+        if kept:
+            log.warning("reload: %s changed but need a restart (kept the running values)", ", ".join(kept))
+        sdnotify.ready(f"polling {self.tracker.name} every {self.settings.daemon.poll_interval:g} s")
+        return live
+
+    def _apply(self, settings: config.Settings) -> None:
+        """Hand the new settings to every part that reads them at call time; reschedule the poll."""
+        before = self.settings.daemon.poll_interval
+        self.settings = settings
+        parts = [self.store, self.intake, self.outbox, self.sender, self.tracker, self._worker, self.pipeline,
+                 getattr(self.pipeline, "docs", None)]
+        for part in parts:
+            if part is not None and hasattr(part, "settings"):
+                part.settings = settings
+        every = settings.daemon.poll_interval
+        if every != before:
+            self.next_poll = min(self.next_poll, time.time() + every)
+            if self._sched is not None and self._sched.running:
+                self._sched.reschedule_job("poll", trigger="interval", seconds=every)
+
+
+def notify_reload() -> None:
+    """RELOADING=1 with the monotonic timestamp systemd (Type=notify-reload) wants; READY=1 ends it."""
+    sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+
+
+def status(settings: config.Settings, store: Store | None = None) -> dict:
+    """Everything `refinery status` shows, as JSON-able data (no network: GitHub state from the database)."""
+    import json
+    from pathlib import Path
+
+    store = store or Store(settings)
+    kv, ob = KeyValue(store.engine), OutboxStore(store.engine)
+    running = []
+    for j in store.list(state="running", limit=20):
+        prog = {}
+        if j.run_dir and (Path(j.run_dir) / "progress.json").exists():
+            try:
+                prog = json.loads((Path(j.run_dir) / "progress.json").read_text())
+            except (OSError, ValueError):
+                prog = {}
+        running.append({"id": j.id, "issue": j.issue, "kind": j.kind, "lane": str(j.lane),
+                        "started_at": j.started_at, "run_dir": j.run_dir, "progress": prog})
+    queued = [{"id": j.id, "issue": j.issue, "kind": j.kind, "lane": str(j.lane), "state": str(j.state),
+               "note": j.note} for s in ("queued", "blocked", "retrying") for j in store.list(state=s, limit=50)]
+    recent = sorted([j for s in ("succeeded", "failed", "cancelled") for j in store.list(state=s, limit=10)],
+                    key=lambda j: j.finished_at or 0, reverse=True)[:10]
+    counts = ob.counts()
+    return {
+        "lanes": store.counts(),
+        "running": running,
+        "queue": sorted(queued, key=lambda q: q["id"]),
+        "recent": [{"id": j.id, "issue": j.issue, "kind": j.kind, "state": str(j.state),
+                    "verdict": (j.result or {}).get("verdict"), "finished_at": j.finished_at} for j in recent],
+        "outbox": {"pending": counts["pending"], "sent": counts["sent"], "dead": counts["dead"],
+                   "dead_items": [{"key": i.key, "error": i.last_error} for i in ob.items(state="dead", limit=10)]},
+        "tracker": {"name": settings.daemon.tracker, "repo": settings.daemon.github_repo or None,
+                    "rate": kv.get("github.rate"), "blocked": kv.get("github.blocked")},
+    }

@@ -1,0 +1,138 @@
+"""`refinery demo`: the main job on embedded defaults, from a fresh clone.
+
+Local tracker, SQLite (runs/demo/queue.db), CPU, the `tiny` preset. It files one example idea
+in the local tracker — a question with its TOML spec and a [prereg] table — runs the daemon
+until the idea is decided, and prints what happened: each stage with its verdict and time,
+the comments, the finding's path. Findings go under runs/demo/docs/, so a demo never commits
+into your repository. A second run reuses the corpus and the queue and files a new idea.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from pathlib import Path
+
+import config
+from agent.outbox import runs_dir
+
+DEMO_TITLE = "Does the refiner's gate beat the plain loop on k-hop at r̄?"
+LIVE_STATES = ("queued", "blocked", "running", "retrying")
+
+
+def demo_settings() -> config.Settings:
+    base = config.load()
+    demo_dir = runs_dir(base) / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    return base.replace({"tracker": "local", "db_url": f"sqlite:///{demo_dir / 'queue.db'}",
+                         "docs_dir": str(demo_dir / "docs"), "git_commit": False, "poll_interval": 1.0,
+                         "write_interval_s": 0.0, "progress_edit_s": 5.0}, source="demo")
+
+
+def demo_body() -> str:
+    spec = (config.ROOT / "experiments" / "specs" / "demo.toml").read_text()
+    return ("The looped model's extra depth should help most when the task needs several hops. "
+            "Does the refiner's gated, timed loop beat the plain loop (the reasoner) on k-hop when both are "
+            "read at r̄, on the tiny preset and this machine's CPU?\n\n```toml\n" + spec.strip() + "\n```\n")
+
+
+def ensure_corpus(console) -> None:
+    from experiments import corpus
+
+    if corpus.exists():
+        return
+    console.print("[dim]demo: building the offline corpus (Python's own sources) for the full stage[/dim]")
+    corpus.build_default()
+
+
+def run(console=None) -> int:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from agent.daemon import Daemon
+    from agent.pipeline import Pipeline
+    from jobqueue.local_tracker import LocalIssues
+
+    console = console or Console()
+    settings = demo_settings()
+    console.print("[bold]refinery demo[/bold]: local tracker, SQLite, CPU, tiny preset")
+    console.print(f"  queue {settings.db_url}\n  documents {settings.daemon.docs_dir}")
+    ensure_corpus(console)
+    daemon = Daemon(settings)
+    issues = LocalIssues(daemon.store.engine)
+    me = getpass.getuser()
+    if issues.permission(me) == "none":
+        issues.grant(me, "admin")
+    number = issues.create(DEMO_TITLE, demo_body(), ["ideas", "cpu"], me)
+    console.print(f"filed idea #{number} in the local tracker: {DEMO_TITLE}")
+    pipeline = Pipeline(settings, daemon.store, daemon.outbox, daemon.kv, daemon.tracker)
+    t0 = time.time()
+    seen: dict[int, tuple[str, float]] = {}
+
+    def table() -> Table:
+        t = Table(title=f"idea #{number} · {time.time() - t0:.0f} s")
+        for col in ("job", "stage", "state", "progress", "verdict"):
+            t.add_column(col)
+        for j in sorted(daemon.store.jobs_for_issue(number), key=lambda j: j.id):
+            prog = ""
+            if j.state == "running" and j.run_dir:
+                prog = _progress(Path(j.run_dir))
+            t.add_row(str(j.id), j.payload.get("stage", j.kind), str(j.state), prog,
+                      str((j.result or {}).get("verdict", "")))
+        return t
+
+    with Live(table(), console=console, refresh_per_second=2) as live:
+        while True:
+            daemon.tick()
+            pipeline.step()
+            daemon.deliver(max_items=50)
+            live.update(table())
+            jobs = daemon.store.jobs_for_issue(number)
+            for j in jobs:
+                if j.state in ("succeeded", "failed") and j.id not in seen:
+                    seen[j.id] = ((j.result or {}).get("verdict") or str(j.state),
+                                  (j.finished_at or time.time()) - (j.started_at or time.time()))
+            if jobs and not any(j.state in LIVE_STATES for j in jobs) and all(
+                    daemon.kv.get(f"advanced:{j.id}") for j in jobs if j.state in ("succeeded", "failed")):
+                break
+            time.sleep(0.2)
+    daemon.deliver(max_items=100)
+    _summary(console, daemon, issues, number, seen, time.time() - t0, settings)
+    return 0
+
+
+def _progress(run_dir: Path) -> str:
+    import json
+
+    try:
+        p = json.loads((run_dir / "progress.json").read_text())
+    except (OSError, ValueError):
+        return "starting"
+    pct = 100 * p.get("done", 0) / max(p.get("total", 1), 1e-9)
+    eta = p.get("eta_s")
+    return f"{pct:.0f}% {p.get('what', '')}" + (f" ETA {eta:.0f}s" if eta else "")
+
+
+def _summary(console, daemon, issues, number: int, seen: dict, wall: float, settings) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"idea #{number}: what happened ({wall:.0f} s)")
+    for col in ("job", "stage", "verdict", "time"):
+        t.add_column(col)
+    for j in sorted(daemon.store.jobs_for_issue(number), key=lambda j: j.id):
+        verdict, secs = seen.get(j.id, (str(j.state), 0.0))
+        t.add_row(str(j.id), j.payload.get("stage", j.kind), verdict, f"{secs:.0f} s")
+    console.print(t)
+    issue = issues.get(number)
+    console.print(f"labels: {', '.join(issue['labels'])}")
+    console.print(f"comments on #{number} (`refinery issue show {number}` with REFINERY_DB_URL={settings.db_url}):")
+    for c in issues.comments(number):
+        first = c["body"].strip().splitlines()[0] if c["body"].strip() else ""
+        console.print(f"  - {first[:140]}")
+    docs = Path(settings.daemon.docs_dir)
+    findings = sorted((docs / "findings").glob(f"*-i{number}-*.md")) if (docs / "findings").exists() else []
+    for f in findings:
+        console.print(f"finding: {f}")
+    if (docs / "ROADMAP.md").exists() and f"#{number} " in (docs / "ROADMAP.md").read_text():
+        console.print(f"graveyard: {docs / 'ROADMAP.md'}")

@@ -1,0 +1,205 @@
+"""The outbox: every comment, comment edit, status-label change and close goes to the database
+first (jobqueue/outbox.py), then one serial sender delivers it.
+
+- Idempotent puts: each write has a key (issue, job, stage, kind); putting it again is a no-op,
+  so intake or a reporter that repeats a step after a crash never doubles a comment.
+- Each comment carries a hidden marker `<!-- refinery:KEY -->`. The sender records the attempt
+  in the database before the request leaves; an attempt that may have happened (a 502 after
+  GitHub created the comment, a timeout, a kill -9 of the daemon) makes the next try search the
+  issue's comments for the marker first, and post only if it is not there.
+- At most one write per write_interval_s (GitHub's secondary limits: 80 content-creating
+  requests a minute, 500 an hour; it advises a second between mutations), in order.
+- Bodies are redacted (tokens) before they are stored, and cut at comment_max_chars with a pointer
+  to the full text, written to the run directory (or runs/outbox/).
+- Rate limits and outages leave rows pending until the tracker's `until`; nothing is dropped.
+  Rows the tracker refuses for good (404, 422) are retried a few times, then marked dead and shown
+  by `refinery status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import config
+from agent.redact import redact
+from agent.tracker import Tracker, TrackerError, TrackerUnavailable, marker
+from jobqueue.outbox import DEAD, Item, KeyValue, OutboxStore
+
+log = logging.getLogger("refinery.outbox")
+
+STATUS_PREFIX = "refinery:"
+# refinery's own labels: name -> (color, description). The only labels refinery ever changes.
+STATUS_LABELS: dict[str, tuple[str, str]] = {
+    "refinery:queued": ("c5def5", "refinery: waiting in the queue"),
+    "refinery:running": ("fbca04", "refinery: a stage is running"),
+    "refinery:passed": ("0e8a16", "refinery: the gate said PASS"),
+    "refinery:killed": ("5319e7", "refinery: the gate said FAIL; the idea is in the graveyard"),
+    "refinery:failed": ("b60205", "refinery: a job failed (error, not a verdict)"),
+    "refinery:invalid": ("e99695", "refinery: the spec in the issue body has errors"),
+    "refinery:cancelled": ("d4c5f9", "refinery: cancelled (issue closed or by hand)"),
+}
+MAX_TRIES = 5  # refusals (4xx) before a write is marked dead
+
+
+def _slug(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:120]
+
+
+class Outbox:
+    """Puts writes into the database (what intake and the reporter call)."""
+
+    def __init__(self, settings: config.Settings, store: OutboxStore):
+        self.settings, self.store = settings, store
+
+    def prepare(self, key: str, body: str, run_dir: str | Path | None = None) -> str:
+        """Redact, mark, and cut to comment_max_chars with a pointer to the full text on disk."""
+        body = redact(body).rstrip()
+        tail = "\n\n" + marker(key)
+        limit = self.settings.daemon.comment_max_chars
+        if len(body) + len(tail) <= limit:
+            return body + tail
+        where = Path(run_dir) if run_dir else runs_dir(self.settings) / "outbox"
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / f"comment-{_slug(key)}.md"
+        path.write_text(body + "\n")
+        pointer = f"\n\n… cut at {limit:,} characters; the full text is in `{_display(path)}`."
+        return body[: limit - len(pointer) - len(tail)] + pointer + tail
+
+    def comment(self, issue: int, key: str, body: str, run_dir: str | Path | None = None) -> bool:
+        return self.store.put(issue, "comment", key, body=self.prepare(key, body, run_dir))
+
+    def edit(self, issue: int, target_key: str, body: str, run_dir: str | Path | None = None) -> None:
+        self.store.put_edit(issue, target_key, self.prepare(target_key, body, run_dir))
+
+    def status(self, issue: int, key: str, status: str) -> bool:
+        """Set refinery's status label (and drop its other refinery:* labels)."""
+        label = status if status.startswith(STATUS_PREFIX) else STATUS_PREFIX + status
+        assert label in STATUS_LABELS, label
+        return self.store.put(issue, "status", key, label=label)
+
+    def close(self, issue: int, key: str) -> bool:
+        return self.store.put(issue, "close", key)
+
+
+def runs_dir(settings: config.Settings) -> Path:
+    p = Path(settings.queue.runs_dir)
+    return p if p.is_absolute() else config.ROOT / p
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(config.ROOT))
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class Delivery:
+    sent: int = 0
+    found: int = 0  # ambiguous earlier attempts whose marker was found (not re-posted)
+    failed: int = 0
+    blocked: TrackerUnavailable | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class Sender:
+    """The one serial sender. `deliver` sends what is due, in order, spaced write_interval_s."""
+
+    def __init__(self, settings: config.Settings, tracker: Tracker, store: OutboxStore, kv: KeyValue):
+        self.settings, self.tracker, self.store, self.kv = settings, tracker, store, kv
+        self.last_write = float(kv.get("outbox.last_write", 0.0))
+
+    def deliver(self, deadline: float | None = None, max_items: int | None = None) -> Delivery:
+        out = Delivery()
+        interval = self.settings.daemon.write_interval_s
+        while max_items is None or out.sent + out.found + out.failed < max_items:
+            now = time.time()
+            item = self.store.due(now)
+            if item is None:
+                break
+            wait = self.last_write + interval - now
+            if wait > 0:
+                if deadline is not None and now + wait > deadline:
+                    break
+                time.sleep(wait)
+            try:
+                remote_id = self._send(item)
+                self.store.sent(item.id, time.time(), remote_id)
+                out.sent += 1
+            except _Found as f:
+                self.store.sent(item.id, time.time(), f.remote_id)
+                out.found += 1
+            except TrackerUnavailable as e:
+                self.store.later(item.id, str(e), e.until)
+                out.blocked = e
+                break
+            except TrackerError as e:
+                out.failed += 1
+                out.errors.append(f"{item.key}: {e}")
+                tries = item.attempts + 1
+                if tries >= MAX_TRIES:
+                    self.store.dead(item.id, str(e))
+                    log.error("outbox: giving up on %s after %d tries: %s", item.key, tries, e)
+                else:
+                    self.store.later(item.id, str(e), time.time() + 5 * 2 ** tries)
+                    if item.kind != "comment":
+                        self.store.begin_attempt(item.id)  # count the refusal
+        return out
+
+    def _wrote(self) -> None:
+        self.last_write = time.time()
+        self.kv.put("outbox.last_write", self.last_write)
+
+    def _send(self, item: Item) -> int | None:
+        t, n = self.tracker, item.issue
+        if item.kind == "comment":
+            if item.attempts > 0:  # an earlier attempt may have landed: look before posting again
+                cid = t.find_marker(n, item.key)
+                if cid is not None:
+                    log.info("outbox: %s was already delivered (comment %s); not posting again", item.key, cid)
+                    raise _Found(cid)
+            self.store.begin_attempt(item.id)
+            cid = t.post_comment(n, item.body or "")
+            self._wrote()
+            return cid
+        if item.kind == "edit":
+            target = self.store.get(item.target or "")
+            cid = target.remote_id if target and target.remote_id else None
+            if cid is None:
+                if target is not None and target.state not in (DEAD, "sent"):
+                    raise TrackerUnavailable(f"edit waits for comment {item.target}", time.time() + 1)
+                cid = t.find_marker(n, item.target or "")
+                if cid is None:
+                    raise TrackerError(f"the comment {item.target} to edit is not on #{n}", 404)
+            self.store.begin_attempt(item.id)
+            t.edit_comment(n, cid, item.body or "")
+            self._wrote()
+            return cid
+        if item.kind == "status":
+            t.ensure_labels(STATUS_LABELS)
+            have = t.get_issue(n).labels
+            if item.label not in have:
+                t.add_label(n, item.label or "")
+                self._wrote()
+            for old in have:
+                if old.startswith(STATUS_PREFIX) and old != item.label and old in STATUS_LABELS:
+                    t.remove_label(n, old)
+                    self._wrote()
+            return None
+        if item.kind == "label":
+            t.add_label(n, item.label or "")
+        elif item.kind == "unlabel":
+            t.remove_label(n, item.label or "")
+        elif item.kind == "close":
+            t.close(n)
+        self._wrote()
+        return None
+
+
+class _Found(Exception):
+    def __init__(self, remote_id: int):
+        self.remote_id = remote_id

@@ -1,0 +1,256 @@
+"""The gate's error rates, measured:  python -m experiments.calibrate [--quick] [--json PATH] [--spec SPEC.toml]
+
+(a) A/A: the same architecture in both arms, different seeds. Any PASS is a false PASS.
+(b) Positive control: a deliberately crippled control arm (label noise on the depth tasks, the control task left
+    intact) whose effect is measured separately from the same runs; the detection rate is how often the gate
+    PASSes it.
+(c) depth_gain_points: accuracy at r̄ minus the same weights at r = 1 on the primary depth task, the minimum over
+    the first 5 seeds (item 7's target: ≥ 10).
+
+How, on a CPU budget: a *pool* of real tiny runs per task and variant is trained once (cached under
+runs/calibrate/, keyed by the settings), then the rule — EXTEND and its α/2 re-test included — is applied to
+many ablations resampled from the pool (seeds drawn with replacement). That is a simulation of the rule on
+resampled per-seed values from real runs, not a count of independent real ablations; the JSON says how many of
+each stand behind every figure. `--real-aa N` adds N genuinely separate A/A ablations from fresh runs.
+
+JSON (DESIGN.md "Benchmarks"): device, versions, figures, targets [{name, value, target, unit, met}] with
+false_pass_rate (≤ 0.01), detection_rate (≥ 0.8) and depth_gain_points (≥ 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+import config
+from config import ROOT, Settings
+from experiments import gate
+from experiments.runs import versions, write_json_atomic
+from experiments.train import train_task
+
+DEFAULT_JSON = ROOT / "runs" / "bench" / "experiments.json"
+POOL_DIR = ROOT / "runs" / "calibrate"
+NOISE = 0.5  # the crippled arm: half of its depth-task training answers replaced by random tokens
+
+
+def _pool_key(s: Settings, steps: int) -> str:
+    keys = {k: s.get(k) for k in sorted(s.flat()) if config.FIELD_SECTION[k] in ("model", "train", "stages")}
+    return hashlib.sha256(json.dumps([keys, steps, NOISE], default=str).encode()).hexdigest()[:12]
+
+
+def pool_from_run(run_dir: Path, arm: str = "candidate") -> tuple[Settings, dict[str, dict[str, list[dict]]]]:
+    """The settings and per-seed results of a finished ablation run (done.jsonl): real runs to resample."""
+    doc = json.loads((run_dir / "config.json").read_text())
+    keep = {k: v for k, v in doc["spec"].items() if k in config.FIELD_SECTION}
+    s = config.load().replace(keep, source=f"run {run_dir.name}")
+    pool: dict[str, dict[str, list[dict]]] = {}
+    for line in (run_dir / "done.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["arm"] == arm:
+            pool.setdefault(rec["task"], {}).setdefault("normal", []).append(
+                {"task": rec["task"], "seed": rec["seed"], **rec["acc"], "curve": rec["curve"]})
+    return s, pool
+
+
+def build_pool(s: Settings, n_seeds: int, steps: int, log=print, cripple: str = "noise",
+               variants: tuple = ("normal", "crippled"), seeds: list[int] | None = None
+               ) -> dict[str, dict[str, list[dict]]]:
+    """pool[task][variant] = per-seed {r1, rbar, r2bar}; variants: normal, crippled (depth tasks only).
+    cripple: "noise" (label noise NOISE) or "quarter" (a quarter of the steps)."""
+    path = POOL_DIR / f"pool-{_pool_key(s, steps)}-{cripple}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    have = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            have[(rec["task"], rec["variant"], rec["seed"])] = rec
+    tasks = list(s.stages.tasks) + [s.stages.control_task]
+    seeds = seeds if seeds is not None else list(range(1000, 1000 + n_seeds))  # calibration seeds: never an idea's
+    for seed in seeds:
+        for t in tasks:
+            for variant in [v for v in variants if v == "normal" or t in s.stages.tasks]:
+                if (t, variant, seed) in have:
+                    continue
+                crippled = variant == "crippled"
+                res = train_task(s, t, seed, steps // 4 if crippled and cripple == "quarter" else steps,
+                                 label_noise=NOISE if crippled and cripple == "noise" else 0.0)
+                rec = {"task": t, "variant": variant, "seed": seed, **res["acc"], "curve": res["curve"],
+                       "train_s": res["train_s"]}
+                have[(t, variant, seed)] = rec
+                with open(path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                log(f"pool {t}/{variant}/s{seed}: r1 {rec['r1']:.1f} r̄ {rec['rbar']:.1f} 2r̄ {rec['r2bar']:.1f} "
+                    f"({res['train_s']:.1f} s)")
+    pool: dict[str, dict[str, list[dict]]] = {}
+    for (t, v, sd), rec in sorted(have.items(), key=lambda kv: kv[0][2]):
+        if sd in seeds and t in tasks and v in variants:
+            pool.setdefault(t, {}).setdefault(v, []).append(rec)
+    return pool
+
+
+def _draw(recs: list[dict], n: int, rng) -> dict[str, list[float]]:
+    pick = [recs[i] for i in rng.integers(0, len(recs), n)]
+    return {k: [p[k] for p in pick] for k in ("r1", "rbar", "r2bar")}
+
+
+def simulate(pool, s: Settings, reps: int, cand_variant: str, ctrl_variant: str, seed: int) -> dict[str, Any]:
+    """Apply the rule (with EXTEND and its α/2 re-test) to `reps` ablations resampled from the pool."""
+    rng = np.random.default_rng(seed)
+    n, extra = s.stages.ablation_seeds, s.gate.extend_seeds
+    counts = {v: 0 for v in gate.VERDICTS}
+    extended = 0
+    for _ in range(reps):
+        def ev(k):
+            out = {}
+            for t, variants in pool.items():
+                depth = t in s.stages.tasks
+                out[t] = {"role": "depth" if depth else "control",
+                          "candidate": _draw(variants[cand_variant if depth else "normal"], k, rng),
+                          "control": _draw(variants[ctrl_variant if depth else "normal"], k, rng)}
+            return out
+        first = ev(n)
+        v = gate.decide_ablation({"tasks": first}, s)
+        if v.verdict == "EXTEND":
+            extended += 1
+            more = ev(extra)
+            both = {t: {"role": first[t]["role"]} for t in first}
+            for t in first:
+                for arm in ("candidate", "control"):
+                    both[t][arm] = {k: first[t][arm][k] + more[t][arm][k] for k in ("r1", "rbar", "r2bar")}
+            v = gate.decide_ablation({"tasks": both, "extended": True}, s)
+        counts[v.verdict] += 1
+    k = counts["PASS"]
+    ci = stats.binomtest(k, reps).proportion_ci(confidence_level=0.95, method="exact")
+    return {"reps": reps, "verdicts": counts, "extended": extended, "pass_rate": k / reps,
+            "pass_rate_ci95": [float(ci.low), float(ci.high)]}
+
+
+def real_aa(s: Settings, n_ablations: int, steps: int, log=print) -> dict[str, Any]:
+    """Genuine A/A ablations from fresh runs (expensive: (tasks+1) × 2 × seeds runs each)."""
+    verdicts = []
+    for a in range(n_ablations):
+        tasks_ev = {}
+        for t in list(s.stages.tasks) + [s.stages.control_task]:
+            arms = {}
+            for arm, off in (("candidate", 0), ("control", 500)):
+                accs = [train_task(s, t, 2000 + 1000 * a + off + i, steps)["acc"]
+                        for i in range(s.stages.ablation_seeds)]
+                arms[arm] = {k: [x[k] for x in accs] for k in ("r1", "rbar", "r2bar")}
+            tasks_ev[t] = {"role": "depth" if t in s.stages.tasks else "control", **arms}
+        v = gate.decide_ablation({"tasks": tasks_ev}, s)
+        verdicts.append(v.verdict)
+        log(f"real A/A ablation {a}: {v.verdict} — {v.reason}")
+    return {"ablations": n_ablations, "verdicts": verdicts, "false_pass": verdicts.count("PASS")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.calibrate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a small pool and fewer steps (under a few minutes)")
+    ap.add_argument("--json", default=str(DEFAULT_JSON))
+    ap.add_argument("--spec", default=str(ROOT / "experiments" / "specs" / "demo.toml"),
+                    help="the settings calibrated (default: the demo spec)")
+    ap.add_argument("--pool-seeds", type=int, default=None, help="real runs per task and variant")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per pool run (default ablation_steps)")
+    ap.add_argument("--reps", type=int, default=None, help="resampled ablations per simulation")
+    ap.add_argument("--real-aa", type=int, default=0, help="genuine A/A ablations from fresh runs (expensive)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--from-run", help="reuse a finished ablation run's candidate arm as the pool (A/A from its "
+                    "seeds); the positive control's crippled arm then trains a quarter of the steps")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from experiments.spec import parse_spec
+
+    spec = parse_spec(Path(args.spec).read_text() if args.spec and Path(args.spec).is_file() else "")
+    if not spec.ok:
+        print("calibrate: bad spec: " + spec.error_text(), file=sys.stderr)
+        return 2
+    s = spec.settings.replace({"bootstrap_resamples": 2000}, source="calibrate")  # the CI is a FAIL test only
+    steps = args.steps or (max(s.stages.ablation_steps // 3, 50) if args.quick else s.stages.ablation_steps)
+    n_pool = args.pool_seeds or (3 if args.quick else 8)
+    reps = args.reps or (200 if args.quick else 2000)
+    t0 = time.time()
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.from_run:
+        s, pool = pool_from_run(Path(args.from_run))
+        s = s.replace({"bootstrap_resamples": 2000}, source="calibrate")
+        steps = s.stages.ablation_steps
+        seeds = sorted({r["seed"] for t in pool.values() for r in t["normal"]})
+        n_pool = len(seeds)
+        crip = build_pool(s, n_pool, steps, log=log, cripple="quarter", variants=("crippled",),
+                          seeds=seeds[:args.pool_seeds] if args.pool_seeds else seeds)
+        for t, vs in crip.items():
+            pool[t]["crippled"] = vs["crippled"]
+        cripple = "a quarter of the steps on the depth tasks"
+    else:
+        pool = build_pool(s, n_pool, steps, log=log)
+        cripple = f"label noise {NOISE} on the depth tasks"
+    pool_s = time.time() - t0
+    aa = simulate(pool, s, reps, "normal", "normal", seed=1)
+    pos = simulate(pool, s, reps, "normal", "crippled", seed=2)
+    # the statistical half alone (Δ, separation, Holm, control): depth-gain and overthinking checks switched off
+    s_delta = s.replace({"depth_gain_points": 0.0, "fail_depth_gain": -100.0, "overthink_points": 100.0})
+    pos_delta = simulate(pool, s_delta, reps, "normal", "crippled", seed=3)
+    aa_delta = simulate(pool, s_delta, reps, "normal", "normal", seed=4)
+    effect = {t: float(np.mean([r["rbar"] for r in pool[t]["normal"]]) - np.mean([r["rbar"] for r in
+                                                                               pool[t]["crippled"]]))
+              for t in s.stages.tasks}
+    primary = s.stages.tasks[0]
+    gains = [r["rbar"] - r["r1"] for r in pool[primary]["normal"][:5]]
+    real = real_aa(s, args.real_aa, steps) if args.real_aa else None
+    figures = {
+        "method": "rule simulated on ablations resampled (with replacement) from a pool of real tiny runs",
+        "pool_source": args.from_run or "trained by calibrate",
+        "pool_seeds": n_pool, "pool_runs": sum(len(v) for t in pool.values() for v in t.values()),
+        "pool_steps": steps, "pool_wall_s": round(pool_s, 1), "tasks": list(pool),
+        "aa": aa, "positive_control": {**pos, "crippled_by": cripple,
+                                       "effect_points": effect},
+        "delta_only": {"note": "the rule with its depth-gain and overthinking checks off: the power and size of "
+                       "the arm comparison by itself", "aa": aa_delta, "positive_control": pos_delta},
+        "depth_gain_task": primary, "depth_gain_per_seed": gains, "real_aa": real,
+        "pool_means": {t: {v: {k: float(np.mean([r[k] for r in recs])) for k in ("r1", "rbar", "r2bar")}
+                           for v, recs in vs.items()} for t, vs in pool.items()},
+    }
+    fp, det, dg = aa["pass_rate"], pos["pass_rate"], float(min(gains)) if gains else float("nan")
+    targets = [
+        {"name": "false_pass_rate", "value": fp, "target": 0.01, "unit": f"fraction of {aa['reps']} resampled A/A "
+         f"ablations (95% CI {aa['pass_rate_ci95'][0]:.4f}–{aa['pass_rate_ci95'][1]:.4f})", "met": fp <= 0.01},
+        {"name": "detection_rate", "value": det, "target": 0.8, "unit": f"fraction of {pos['reps']} resampled "
+         "positive-control ablations", "met": det >= 0.8},
+        {"name": "depth_gain_points", "value": dg, "target": 10.0, "unit": f"points, r̄ − r=1 on {primary}, min "
+         f"over {len(gains)} seeds", "met": bool(dg >= 10)},
+    ]
+    from refiner_model.precision import resolve_device
+
+    out = {"device": str(resolve_device(s.train.device)), "versions": versions(), "figures": figures,
+           "targets": targets, "wall_s": round(time.time() - t0, 1)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(args.json), out)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        tab = Table(title=f"gate calibration ({figures['pool_runs']} real runs, {reps} resampled ablations each)")
+        for c in ("name", "value", "target", "unit", "met"):
+            tab.add_column(c)
+        for t in targets:
+            tab.add_row(t["name"], f"{t['value']:.4g}", f"{t['target']:g}", t["unit"], "yes" if t["met"] else "NO")
+        Console().print(tab)
+    except ImportError:
+        print(json.dumps(targets, indent=1))
+    print(f"written {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

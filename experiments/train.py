@@ -1,0 +1,130 @@
+"""One training run on a toy task, and its depth curve: the unit every stage and calibration repeats.
+
+    res = train_task(settings, "khop", seed=3, steps=1500)
+    res["curve"]          # accuracy (points) on the fixed test set after each loop pass 1 … eval_r_max
+    res["acc"]["rbar"]    # the primary read-out: r = r̄ (settings.r_eval)
+
+A seed sets the initial weights, the data stream and the depth draws (Bouthillier 2021: randomise them
+together). A step draws r from DepthSampler, then a batch whose levels are capped by r when
+stages.level_by_depth (r ≥ k for k-hop), runs the model at that r and scores the single answer token.
+Evaluation reads out after every pass in one forward (LoopedLM.depth_curve), so the whole accuracy-
+against-depth curve costs one pass at the deepest r.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from config import Settings
+from experiments.tasks import Task, make_task
+from refiner_model.model import DepthSampler, build_model, configure_optimizer, lr_at, num_params
+from refiner_model.precision import Precision
+
+
+def level_cap(task: Task, r: int, settings: Settings) -> int | None:
+    """The hardest level a batch at depth r may hold (None = the task's hardest)."""
+    m = settings.model
+    if not settings.stages.level_by_depth or m.arch == "stack" or r >= m.r_max:
+        return None
+    return max(1, math.ceil(task.level * r / max(m.r_max, 1)))
+
+
+def eval_r_max(settings: Settings) -> int:
+    return settings.stages.eval_r_max or 2 * settings.model.r_mean
+
+
+def tensors(batch, device, vocab_map: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """idx, pos, ans as tensors; vocab_map (task.r50k) turns compact ids into r50k ids for a full-vocab model."""
+    idx, ans = (batch.idx, batch.ans) if vocab_map is None else (vocab_map[batch.idx], vocab_map[batch.ans])
+    return (torch.from_numpy(idx).to(device), torch.from_numpy(batch.pos).to(device), torch.from_numpy(ans).to(device))
+
+
+@torch.no_grad()
+def depth_curve(model, task: Task, r_max: int, device, level: int | None = None, chunk: int = 1000,
+                vocab_map: np.ndarray | None = None) -> list[float]:
+    """Accuracy in points on the fixed test set after each pass 1..r_max (stack: one value)."""
+    model.eval()
+    test = task.test_set(level=level)
+    hits = None
+    idx, pos, ans = tensors(test, device, vocab_map)
+    for i in range(0, len(test), chunk):
+        logits = model.depth_curve(idx[i:i + chunk], pos[i:i + chunk], r_max)  # [r, b, V]
+        h = (logits.argmax(-1) == ans[i:i + chunk]).sum(-1).cpu().numpy()
+        hits = h if hits is None else hits + h
+    model.train()
+    return [float(100.0 * x / len(test)) for x in hits]
+
+
+def read_points(curve: list[float], settings: Settings, arch: str) -> dict[str, float]:
+    """r = 1, r̄ and 2r̄ read off a depth curve (the stack arm has one depth: all three are it)."""
+    if arch == "stack" or len(curve) == 1:
+        return {"r1": curve[0], "rbar": curve[-1], "r2bar": curve[-1]}
+    rb = settings.r_eval
+    at = lambda r: curve[min(r, len(curve)) - 1]  # noqa: E731
+    return {"r1": at(1), "rbar": at(rb), "r2bar": at(2 * rb)}
+
+
+def train_task(settings: Settings, task_name: str, seed: int, steps: int, arch: str | None = None,
+               on_step: Callable[[int, dict], None] | None = None, log_every: int = 0,
+               overrides: dict[str, Any] | None = None, label_noise: float = 0.0) -> dict[str, Any]:
+    """Train one model on one toy task; return its metrics, final depth curve and timing.
+
+    arch overrides settings.model.arch (the ablation's arms). label_noise replaces that fraction of the
+    training answers with random tokens (the calibration's crippled positive control)."""
+    over = {"seed": seed, **({"arch": arch} if arch else {}), **(overrides or {})}
+    s = settings.replace(over, source="run")
+    if s.stages.stage_threads:
+        torch.set_num_threads(s.stages.stage_threads)
+    task = make_task(task_name, s)
+    prec = Precision.from_settings(s)
+    model = build_model(s, vocab_size=task.vocab_size).to(prec.device)
+    opt = configure_optimizer(model, s)
+    sampler = DepthSampler(s, seed)
+    noise_rng = np.random.default_rng([seed, 0xBAD])
+    history, t0, tokens = [], time.perf_counter(), 0
+    gate_means: dict[int, list] = {}
+    deltas: dict[int, list] = {}
+    for step in range(steps):
+        r = sampler.draw(step)
+        batch = task.train_batch(seed, step, s.train.batch_size, max_level=level_cap(task, r, s))
+        idx, pos, ans = tensors(batch, prec.device)
+        if label_noise > 0:
+            flip = torch.from_numpy(noise_rng.random(len(ans)) < label_noise).to(prec.device)
+            ans = torch.where(flip, torch.from_numpy(noise_rng.integers(1, task.vocab_size, len(ans))).to(
+                prec.device), ans)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, s)
+        with prec.autocast():
+            _, loss = model(idx, r=r, targets=ans, positions=pos)
+        ok = prec.step(loss, model, opt, s.train.grad_clip)
+        tokens += idx.numel()
+        if step >= steps - 50:  # health of the loop at the end of training, per pass index
+            st = model.last_stats
+            for i, v in enumerate(st.get("gate_mean", [])):
+                gate_means.setdefault(i, []).append(v)
+            for i, v in enumerate(st.get("state_delta", [])):
+                deltas.setdefault(i, []).append(v)
+        rec = {"step": step, "r": r, "loss": float(loss.detach()), "ok": ok, "lr": opt.param_groups[0]["lr"]}
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            rec["elapsed_s"] = time.perf_counter() - t0
+            history.append(rec)
+        if on_step:
+            on_step(step, rec)
+    train_s = time.perf_counter() - t0
+    rmax = 1 if s.model.arch == "stack" else eval_r_max(s)
+    curve = depth_curve(model, task, rmax, prec.device)
+    return {
+        "task": task_name, "seed": seed, "arch": s.model.arch, "steps": steps, "params": num_params(model),
+        "curve": curve, "acc": read_points(curve, s, s.model.arch), "history": history,
+        "train_s": train_s, "eval_s": time.perf_counter() - t0 - train_s, "tokens_per_s": tokens / max(train_s, 1e-9),
+        "skipped": prec.skipped, "floor": task.floor(task.test_set()),
+        "gate_mean": [float(np.mean(gate_means[i])) for i in sorted(gate_means)],
+        "state_delta": [float(np.mean(deltas[i])) for i in sorted(deltas)],
+        "model": model, "precision": prec,
+    }

@@ -1,0 +1,372 @@
+"""Queue benchmark: claims/s, enqueue/s and enqueue→start latency on SQLite and PostgreSQL.
+
+    python -m jobqueue.bench [--quick] [--json PATH] [--pg URL]
+
+- claims/s with 1, 2, 4 and 8 worker processes: a prefilled lane drained with no-op jobs, each
+  claimed, "run" (nothing) and finished by the store (no child process). Two protocols:
+  `merged` = Store.finish_and_claim (the worker's path on a busy cpu lane: one transaction per
+  job; the figure the targets use), `separate` = claim() then finish() (two transactions per
+  job), `batch10` = finish_many_and_claim with 10 jobs a transaction (pgqueuer's batching; the
+  worker claims every free cpu slot in one transaction the same way).
+- enqueue/s with the same process counts (Store.enqueue with a dedupe key: one transaction each).
+- enqueue → start latency: one idle worker process waiting in Store.wait_for_work (LISTEN/NOTIFY on
+  PostgreSQL, PRAGMA data_version polled every idle_poll_s on SQLite), a producer enqueueing one
+  job at a time; "start" = the worker holds the claimed job (a real job's child process adds its
+  own spawn time). Measured right after activity (a 20 ms gap between jobs) and after an idle period
+  (one sample after 300 s; --quick: one after 10 s).
+- double_claims / lost_jobs over every drain: each job's claims are counted by the claimers.
+
+Each figure is the median of 3 runs (--quick: 1). SQLite synchronous level: settings (NORMAL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import config
+
+PG_DEFAULT = os.environ.get("REFINERY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+WORKER_COUNTS = (1, 2, 4, 8)
+
+
+# --------------------------------------------------------------------------- databases
+class Databases:
+    """Fresh SQLite files and PostgreSQL schemas, cleaned up at the end."""
+
+    def __init__(self, pg_admin: str | None):
+        self.tmp = Path(tempfile.mkdtemp(prefix="jobqueue-bench-"))
+        self.pg_admin, self.schemas = pg_admin, []
+
+    def url(self, backend: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{self.tmp}/{uuid.uuid4().hex[:8]}.db"
+        import psycopg
+
+        schema = "bench_" + uuid.uuid4().hex[:10]
+        with psycopg.connect(self.pg_admin, autocommit=True) as c:
+            c.execute(f'CREATE SCHEMA "{schema}"')
+        self.schemas.append(schema)
+        return self.pg_admin.replace("postgresql://", "postgresql+psycopg://", 1) + \
+            f"?options=-csearch_path%3D{schema}"
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.schemas:
+            import psycopg
+
+            with psycopg.connect(self.pg_admin, autocommit=True) as c:
+                for s in self.schemas:
+                    c.execute(f'DROP SCHEMA IF EXISTS "{s}" CASCADE')
+
+
+def _settings(url: str) -> config.Settings:
+    return config.load().replace({"db_url": url, "host_name": "bench", "lease_s": 600.0})
+
+
+# --------------------------------------------------------------------------- worker processes
+def _drain(url: str, mode: str, barrier, out_q) -> None:
+    from jobqueue.proc import Owner
+    from jobqueue.store import Store
+
+    store = Store(_settings(url))
+    owner = Owner.current("bench")
+    store.counts()  # connect before the clock starts
+    barrier.wait()
+    t0, got = time.perf_counter(), []
+    job = None
+    if mode == "batch10":  # claim 10, "run" them, finish them and claim 10 more in one transaction
+        batch: list = []
+        while True:
+            batch, lost = store.finish_many_and_claim([(j.id, j.attempt, {}) for j in batch], "cpu", owner, 10)
+            assert not lost
+            got += [j.id for j in batch]
+            if not batch and not store.counts().get("cpu", {}).get("queued"):
+                break
+        out_q.put((t0, time.perf_counter(), got))
+        store.close()
+        return
+    while True:
+        if mode == "merged" and job is not None:
+            job = store.finish_and_claim(job.id, job.attempt, {}, "cpu", owner)
+        else:
+            if job is not None:
+                store.finish(job.id, job.attempt, {})
+            job = store.claim("cpu", owner)
+        if job is None:
+            if not store.counts().get("cpu", {}).get("queued"):  # empty, not just rows locked by others
+                break
+            continue
+        got.append(job.id)
+    out_q.put((t0, time.perf_counter(), got))
+    store.close()
+
+
+def _enqueue(url: str, n: int, tag: str, barrier, out_q) -> None:
+    from jobqueue.store import Store
+
+    store = Store(_settings(url))
+    store.counts()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for i in range(n):
+        store.enqueue(None, "task", "cpu", {}, key=f"{tag}-{i}")
+    out_q.put((t0, time.perf_counter(), n))
+    store.close()
+
+
+def _in_procs(target, args_for, n: int) -> list:
+    ctx = mp.get_context("spawn")
+    barrier, q = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args_for(i), barrier, q)) for i in range(n)]
+    for p in procs:
+        p.start()
+    out = [q.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+    return out
+
+
+def claims_run(dbs: Databases, backend: str, workers: int, n_jobs: int, mode: str, tally: dict) -> float:
+    from jobqueue.store import Store
+
+    url = dbs.url(backend)
+    with Store(_settings(url)) as store:
+        for i in range(0, n_jobs, 5000):
+            store.enqueue_many("task", "cpu", [{}] * min(5000, n_jobs - i))
+        ids = {j.id for j in store.list(limit=n_jobs + 1)}
+    out = _in_procs(_drain, lambda i: (url, mode), workers)
+    claimed: dict[int, int] = {}
+    for _, _, got in out:
+        for j in got:
+            claimed[j] = claimed.get(j, 0) + 1
+    tally["double_claims"] += sum(1 for c in claimed.values() if c > 1)
+    tally["jobs"] += len(ids)
+    with Store(_settings(url)) as store:  # lost: never claimed, or claimed but not recorded as succeeded
+        succeeded = store.counts().get("cpu", {}).get("succeeded", 0)
+    tally["lost_jobs"] += max(len(ids - set(claimed)), len(ids) - succeeded)
+    start, end = min(o[0] for o in out), max(o[1] for o in out)
+    return len(claimed) / (end - start)
+
+
+def enqueue_run(dbs: Databases, backend: str, workers: int, n_jobs: int) -> float:
+    from jobqueue.store import Store
+
+    url = dbs.url(backend)
+    Store(_settings(url)).close()  # schema made before the clock
+    per = max(1, n_jobs // workers)
+    out = _in_procs(_enqueue, lambda i: (url, per, f"p{i}"), workers)
+    return sum(o[2] for o in out) / (max(o[1] for o in out) - min(o[0] for o in out))
+
+
+# --------------------------------------------------------------------------- latency
+def _latency_worker(url: str, ready, out_q) -> None:
+    from jobqueue.proc import Owner
+    from jobqueue.store import Store
+
+    store = Store(_settings(url))
+    owner = Owner.current("bench")
+    ready.set()
+    while True:
+        job = store.claim("cpu", owner)
+        if job is None:
+            store.wait_for_work(1.0)
+            continue
+        t = time.time()
+        if job.payload.get("stop"):
+            break
+        out_q.put((job.payload["phase"], (t - job.payload["t0"]) * 1000.0))
+        store.finish(job.id, job.attempt, {})
+    store.close()
+
+
+def latency(dbs: Databases, backend: str, active_n: int, idle_s: float, idle_n: int) -> dict:
+    from jobqueue.store import Store
+
+    url = dbs.url(backend)
+    store = Store(_settings(url))
+    ctx = mp.get_context("spawn")
+    ready, q = ctx.Event(), ctx.Queue()
+    p = ctx.Process(target=_latency_worker, args=(url, ready, q))
+    p.start()
+    ready.wait(60)
+    time.sleep(0.5)
+    samples: dict[str, list[float]] = {"active": [], "idle": []}
+
+    def one(phase: str) -> None:
+        store.enqueue(None, "task", "cpu", {"t0": time.time(), "phase": phase})
+        ph, ms = q.get(timeout=30)
+        samples[ph].append(ms)
+
+    for _ in range(active_n):
+        time.sleep(0.02)  # the worker is back in its wait
+        one("active")
+    for _ in range(idle_n):
+        time.sleep(idle_s)
+        one("idle")
+    store.enqueue(None, "task", "cpu", {"stop": True})
+    p.join(30)
+    store.close()
+    return {k: {"p50_ms": statistics.median(v), "p99_ms": _pct(v, 99), "n": len(v)} for k, v in samples.items()}
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+# --------------------------------------------------------------------------- report
+def device() -> str:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.node()}: {os.cpu_count()} cores {cpu}, {platform.system()} {platform.release()}"
+
+
+def versions(pg_admin: str | None) -> dict:
+    import sqlite3
+
+    import psycopg
+    import sqlalchemy
+
+    v = {"python": platform.python_version(), "sqlalchemy": sqlalchemy.__version__, "psycopg": psycopg.__version__,
+         "sqlite": sqlite3.sqlite_version}
+    if pg_admin:
+        with psycopg.connect(pg_admin) as c:
+            v["postgresql"] = c.execute("SHOW server_version").fetchone()[0]
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jobqueue.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small runs, one repeat, 10 s idle (under a minute or two)")
+    ap.add_argument("--json", default=str(config.ROOT / "runs" / "bench" / "jobqueue.json"))
+    ap.add_argument("--pg", default=PG_DEFAULT, help="PostgreSQL admin URL ('' to skip PostgreSQL)")
+    a = ap.parse_args(argv)
+    settings = config.load()
+    pg = a.pg or None
+    if pg:
+        try:
+            import psycopg
+
+            psycopg.connect(pg, connect_timeout=3).close()
+        except Exception as e:  # noqa: BLE001 - no server: SQLite figures only
+            print(f"PostgreSQL unreachable ({e}); SQLite only")
+            pg = None
+    backends = ["sqlite"] + (["pg"] if pg else [])
+    reps = 1 if a.quick else 3
+    n_jobs = {"sqlite": 2000 if a.quick else 20000, "pg": 1000 if a.quick else 8000}
+    n_enq = {"sqlite": 1000 if a.quick else 5000, "pg": 500 if a.quick else 3000}
+    counts = (1, 4) if a.quick else WORKER_COUNTS
+    idle_s, idle_n, active_n = (10.0, 1, 100) if a.quick else (300.0, 1, 400)
+
+    dbs = Databases(pg)
+    tally = {"double_claims": 0, "lost_jobs": 0, "jobs": 0}
+    figures: dict = {"claims_per_s": {}, "claims_per_s_separate": {}, "claims_per_s_batch10": {}, "enqueue_per_s": {},
+                     "latency": {},
+                     "sqlite_synchronous": settings.queue.sqlite_synchronous, "idle_s": idle_s, "repeats": reps,
+                     "jobs_per_drain": n_jobs}
+    t_start = time.time()
+    try:
+        lat_threads, lat_out = [], {}
+        for b in backends:
+            for w in counts:
+                key = f"{b}_{w}w"
+                figures["claims_per_s"][key] = statistics.median(
+                    claims_run(dbs, b, w, n_jobs[b], "merged", tally) for _ in range(reps))
+                figures["claims_per_s_separate"][key] = statistics.median(
+                    claims_run(dbs, b, w, n_jobs[b] // 2, "separate", tally) for _ in range(reps))
+                figures["claims_per_s_batch10"][key] = statistics.median(
+                    claims_run(dbs, b, w, n_jobs[b], "batch10", tally) for _ in range(reps))
+                figures["enqueue_per_s"][key] = statistics.median(
+                    enqueue_run(dbs, b, w, n_enq[b]) for _ in range(reps))
+                print(f"{key}: claims/s {figures['claims_per_s'][key]:.0f} (separate "
+                      f"{figures['claims_per_s_separate'][key]:.0f}, batches of 10 "
+                      f"{figures['claims_per_s_batch10'][key]:.0f}), enqueue/s {figures['enqueue_per_s'][key]:.0f}",
+                      flush=True)
+        for b in backends:  # latency last, both backends at once so the idle waits overlap
+            t = threading.Thread(target=lambda b=b: lat_out.__setitem__(b, latency(dbs, b, active_n, idle_s, idle_n)))
+            t.start()
+            lat_threads.append(t)
+        for t in lat_threads:
+            t.join()
+        figures["latency"] = lat_out
+    finally:
+        dbs.close()
+    figures.update(tally)
+    figures["wall_s"] = round(time.time() - t_start, 1)
+
+    def p50(b: str) -> float:  # the worse of "right after activity" and "after idle"
+        lat = figures["latency"][b]
+        return max(lat["active"]["p50_ms"], lat["idle"]["p50_ms"])
+
+    targets = [{"name": "claims_per_s_sqlite_1w", "value": figures["claims_per_s"]["sqlite_1w"], "target": 8000,
+                "unit": "jobs/s", "op": ">="}]
+    if pg:
+        targets.append({"name": "claims_per_s_pg_4w", "value": figures["claims_per_s"]["pg_4w"], "target": 2000,
+                        "unit": "jobs/s", "op": ">="})
+    targets.append({"name": "enqueue_to_start_p50_ms_sqlite", "value": p50("sqlite"), "target": 5, "unit": "ms",
+                    "op": "<="})
+    if pg:
+        targets.append({"name": "enqueue_to_start_p50_ms_pg", "value": p50("pg"), "target": 3, "unit": "ms",
+                        "op": "<="})
+    targets += [{"name": "double_claims", "value": tally["double_claims"], "target": 0, "unit": "jobs", "op": "=="},
+                {"name": "lost_jobs", "value": tally["lost_jobs"], "target": 0, "unit": "jobs", "op": "=="}]
+    for t in targets:
+        v, g = t["value"], t["target"]
+        t["met"] = bool(v >= g if t["op"] == ">=" else v <= g if t["op"] == "<=" else v == g)
+    doc = {"device": device(), "versions": versions(pg), "figures": figures, "targets": targets,
+           "notes": ("claims/s: no-op jobs claimed and finished by the store, no child process; merged = finish and "
+                     "next claim in one transaction (the worker's busy-lane path; the targets use it); separate = two "
+                     "transactions; batch10 = 10 jobs a transaction. "
+                     f"Latency 'idle' samples follow {idle_s:g} s of idle" + (" (--quick; the full run idles 300 s)"
+                                                                           if a.quick else "") + ".")}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
+    _print(doc)
+    print(f"wrote {a.json}")
+    return 0
+
+
+def _print(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    f = doc["figures"]
+    con = Console()
+    t = Table(title=f"jobqueue bench — {doc['device']}")
+    for c in ("figure", *f["claims_per_s"].keys()):
+        t.add_column(c, justify="right")
+    for name in ("claims_per_s", "claims_per_s_separate", "claims_per_s_batch10", "enqueue_per_s"):
+        t.add_row(name, *(f"{v:,.0f}" for v in f[name].values()))
+    con.print(t)
+    lt = Table(title="enqueue → start (ms)")
+    for c in ("backend", "active p50", "active p99", "idle p50", "idle p99", "idle n"):
+        lt.add_column(c, justify="right")
+    for b, lat in f["latency"].items():
+        lt.add_row(b, f"{lat['active']['p50_ms']:.2f}", f"{lat['active']['p99_ms']:.2f}",
+                   f"{lat['idle']['p50_ms']:.2f}", f"{lat['idle']['p99_ms']:.2f}", str(lat["idle"]["n"]))
+    con.print(lt)
+    tt = Table(title="targets")
+    for c in ("name", "value", "target", "unit", "met"):
+        tt.add_column(c)
+    for x in doc["targets"]:
+        tt.add_row(x["name"], f"{x['value']:,.2f}", f"{x['op']} {x['target']}", x["unit"], "yes" if x["met"] else "NO")
+    con.print(tt)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The queue database: one declarative `Base` for every table, the engine, and transactions.
+
+SQLite (the default) is tuned for a queue that several processes write at once:
+
+- WAL journal, so readers never block the writer and the writer never blocks readers;
+- `synchronous` from config (NORMAL: a commit survives kill -9 of any process, the last
+  commits may be lost on power loss; FULL: survives power loss, every commit fsyncs);
+- a busy timeout, so a locked database is waited on rather than failed;
+- every write transaction opens with BEGIN IMMEDIATE. pysqlite's own deferred BEGIN takes the
+  write lock at the first UPDATE; two deferred readers that both try to upgrade deadlock and
+  one gets SQLITE_BUSY at once, busy timeout or not. Taking the lock at BEGIN makes writers
+  queue up on the busy timeout instead. This is SQLAlchemy's documented pysqlite recipe:
+  isolation_level None on the DBAPI connection + a "begin" event that emits our own BEGIN.
+
+PostgreSQL (psycopg 3) runs at READ COMMITTED; claims use FOR UPDATE SKIP LOCKED (store.py).
+
+Other packages may define tables on `Base` in their own modules under jobqueue/ (outbox.py,
+local_tracker.py); `init_db` imports them so `create_all` makes them too.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Session
+
+import config
+
+# Modules under jobqueue/ that add tables to Base; imported (if present) before create_all.
+TABLE_MODULES = ("jobqueue.models", "jobqueue.outbox", "jobqueue.local_tracker")
+
+_READ = "refinery_read"  # execution option: this transaction only reads (plain deferred BEGIN on SQLite)
+
+
+class Base(DeclarativeBase):
+    """Every refinery table derives from this one Base (one metadata, one create_all)."""
+
+
+def is_sqlite(engine_or_url) -> bool:
+    url = engine_or_url if isinstance(engine_or_url, str) else str(engine_or_url.url)
+    return url.startswith("sqlite")
+
+
+def normalise_url(url: str) -> str:
+    """postgresql:// means psycopg 3 here (SQLAlchemy's bare default would be psycopg2)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str | None = None, settings: config.Settings | None = None) -> Engine:
+    """An engine for `url` (default: settings.db_url) with the pragmas and BEGIN rules above."""
+    settings = settings or config.load()
+    url = normalise_url(url or settings.db_url)
+    q = settings.queue
+    if not is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+    if ":memory:" not in url:
+        from pathlib import Path
+
+        Path(url.split("sqlite:///", 1)[1].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": q.sqlite_busy_timeout_ms / 1000.0,
+                                              "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(q.sqlite_busy_timeout_ms)}")
+        mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        assert ":memory:" in url or mode.lower() == "wal", f"SQLite refused WAL mode ({mode})"
+        cur.execute(f"PRAGMA synchronous = {q.sqlite_synchronous}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ) else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator:
+    """A Core connection inside one write transaction (BEGIN IMMEDIATE on SQLite); commits on
+    success, rolls back on an exception."""
+    with engine.begin() as conn:
+        yield conn
+
+
+@contextmanager
+def read_tx(engine: Engine) -> Iterator:
+    """A Core connection inside a read-only transaction (deferred BEGIN: no write lock)."""
+    with engine.connect().execution_options(**{_READ: True}) as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
+def session_scope(engine: Engine, write: bool = True) -> Iterator[Session]:
+    """An ORM Session in one transaction: commit on success, rollback on error, always closed.
+    write=False opens a read transaction (no write lock on SQLite)."""
+    bind = engine if write else engine.execution_options(**{_READ: True})
+    with Session(bind, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def init_db(engine: Engine) -> None:
+    """Create missing tables and upgrade an older schema in place (jobs kept). Idempotent."""
+    for name in TABLE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+    from jobqueue import migrations
+
+    migrations.upgrade(engine)

@@ -1,0 +1,234 @@
+"""The agent's durable state on the queue's `Base`: the outbox, intake memory, and a small
+key-value table (the GitHub tracker's ETag and `since` cursor, rate-limit state).
+
+    outbox        every comment, comment edit, status-label change and close, written here first;
+                  one serial sender (agent/outbox.py) delivers them. `key` is unique: putting the
+                  same (issue, job, stage, kind) twice is a no-op, so a crash that repeats a step
+                  never doubles a comment. `attempts` is raised and committed BEFORE a send, so
+                  after a crash the sender knows the write may have happened and looks for its marker.
+    agent_issues  what intake last decided per issue (body hash, trust note sent, blockers, hold)
+    agent_kv      JSON values by key
+
+The SQL lives here (the trackers and the agent know nothing of SQL); agent/ calls these classes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, mapped_column
+
+from jobqueue.db import Base, is_sqlite, read_tx, write_tx
+
+PENDING, SENT, DEAD = "pending", "sent", "dead"
+KINDS = ("comment", "edit", "status", "label", "unlabel", "close")
+
+
+class OutboxRow(Base):
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    issue: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))            # KINDS
+    key: Mapped[str] = mapped_column(String(255), unique=True)  # marker key; dedupes puts
+    body: Mapped[str | None] = mapped_column(Text)           # comment / edit text (already redacted, cut)
+    label: Mapped[str | None] = mapped_column(String(255))   # status / label / unlabel
+    target: Mapped[str | None] = mapped_column(String(255))  # edit: the key of the comment to edit
+    state: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # sends started (committed before sending)
+    next_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    remote_id: Mapped[int | None] = mapped_column(Integer)   # the comment's id once known
+    created_at: Mapped[float] = mapped_column(Float)
+    sent_at: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_outbox_due", "state", "next_at", "id"),)
+
+
+class AgentIssueRow(Base):
+    __tablename__ = "agent_issues"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), default="new")  # see agent/intake.py
+    body_hash: Mapped[str | None] = mapped_column(String(64))       # the body intake last acted on
+    spec_key: Mapped[str | None] = mapped_column(String(64))
+    noted_untrusted: Mapped[bool] = mapped_column(Boolean, default=False)
+    blockers: Mapped[list] = mapped_column(JSON, default=list)     # open issues named by `blocked by #N`
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    labels: Mapped[list] = mapped_column(JSON, default=list)
+    updated_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class KVRow(Base):
+    __tablename__ = "agent_kv"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+def _insert(engine):
+    return sqlite.insert if is_sqlite(engine) else postgresql.insert
+
+
+class KeyValue:
+    """JSON values by key (the GitHub tracker's cursor and ETag cache live here)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with read_tx(self.engine) as c:
+            v = c.execute(select(KVRow.value).where(KVRow.key == key)).scalar_one_or_none()
+        return default if v is None else v
+
+    def put(self, key: str, value: Any) -> None:
+        ins = _insert(self.engine)(KVRow).values(key=key, value=value, updated_at=time.time())
+        with write_tx(self.engine) as c:
+            c.execute(ins.on_conflict_do_update(index_elements=[KVRow.key],
+                                                set_={"value": value, "updated_at": time.time()}))
+
+    def delete(self, key: str) -> None:
+        with write_tx(self.engine) as c:
+            c.execute(delete(KVRow).where(KVRow.key == key))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        with read_tx(self.engine) as c:
+            return list(c.execute(select(KVRow.key).where(KVRow.key.startswith(prefix, autoescape=True))
+                                  .order_by(KVRow.key)).scalars())
+
+
+@dataclass(frozen=True)
+class Item:
+    """A frozen outbox row."""
+
+    id: int
+    issue: int
+    kind: str
+    key: str
+    body: str | None
+    label: str | None
+    target: str | None
+    state: str
+    attempts: int
+    next_at: float
+    last_error: str | None
+    remote_id: int | None
+    created_at: float
+    sent_at: float | None
+
+
+def _item(row) -> Item:
+    return Item(**{k: getattr(row, k) for k in Item.__dataclass_fields__})
+
+
+class OutboxStore:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def put(self, issue: int, kind: str, key: str, *, body: str | None = None, label: str | None = None,
+            target: str | None = None, now: float | None = None) -> bool:
+        """Add one write; False when `key` is already there (the call is idempotent)."""
+        assert kind in KINDS, kind
+        now = time.time() if now is None else now
+        ins = _insert(self.engine)(OutboxRow).values(issue=issue, kind=kind, key=key, body=body, label=label,
+                                                     target=target, state=PENDING, attempts=0, next_at=0.0,
+                                                     created_at=now)
+        with write_tx(self.engine) as c:
+            res = c.execute(ins.on_conflict_do_nothing(index_elements=[OutboxRow.key]).returning(OutboxRow.id))
+            return res.first() is not None
+
+    def put_edit(self, issue: int, target: str, body: str, now: float | None = None) -> None:
+        """Replace the text of comment `target` (latest wins): one edit row per target, re-armed."""
+        key = f"{target}@edit"
+        if not self.put(issue, "edit", key, body=body, target=target, now=now):
+            with write_tx(self.engine) as c:
+                c.execute(update(OutboxRow).where(OutboxRow.key == key)
+                          .values(body=body, state=PENDING, next_at=0.0, last_error=None))
+
+    def due(self, now: float) -> Item | None:
+        """The oldest pending write whose time has come (writes go out in the order they were made)."""
+        with read_tx(self.engine) as c:
+            row = c.execute(select(OutboxRow).where(OutboxRow.state == PENDING)
+                            .order_by(OutboxRow.id).limit(1)).first()
+        if row is None or row.next_at > now:
+            return None
+        return _item(row)
+
+    def get(self, key: str) -> Item | None:
+        with read_tx(self.engine) as c:
+            row = c.execute(select(OutboxRow).where(OutboxRow.key == key)).first()
+        return _item(row) if row else None
+
+    def begin_attempt(self, item_id: int) -> None:
+        """Committed before the request leaves: a crash after this means 'maybe sent'."""
+        with write_tx(self.engine) as c:
+            c.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(attempts=OutboxRow.attempts + 1))
+
+    def sent(self, item_id: int, now: float, remote_id: int | None = None) -> None:
+        with write_tx(self.engine) as c:
+            c.execute(update(OutboxRow).where(OutboxRow.id == item_id)
+                      .values(state=SENT, sent_at=now, remote_id=remote_id, last_error=None))
+
+    def later(self, item_id: int, error: str, next_at: float) -> None:
+        with write_tx(self.engine) as c:
+            c.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(last_error=error, next_at=next_at))
+
+    def dead(self, item_id: int, error: str) -> None:
+        with write_tx(self.engine) as c:
+            c.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(state=DEAD, last_error=error))
+
+    def counts(self) -> dict[str, int]:
+        with read_tx(self.engine) as c:
+            rows = c.execute(select(OutboxRow.state, func.count()).group_by(OutboxRow.state)).all()
+        return {PENDING: 0, SENT: 0, DEAD: 0, **{s: n for s, n in rows}}
+
+    def items(self, issue: int | None = None, state: str | None = None, limit: int = 1000) -> list[Item]:
+        q = select(OutboxRow).order_by(OutboxRow.id).limit(limit)
+        if issue is not None:
+            q = q.where(OutboxRow.issue == issue)
+        if state is not None:
+            q = q.where(OutboxRow.state == state)
+        with read_tx(self.engine) as c:
+            return [_item(r) for r in c.execute(q).all()]
+
+
+class IntakeMemory:
+    """Per-issue intake decisions (agent_issues)."""
+
+    FIELDS = ("status", "body_hash", "spec_key", "noted_untrusted", "blockers", "held", "state", "labels")
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def get(self, number: int) -> dict | None:
+        with read_tx(self.engine) as c:
+            row = c.execute(select(AgentIssueRow).where(AgentIssueRow.number == number)).first()
+        if row is None:
+            return None
+        return {"number": number, **{f: getattr(row, f) for f in self.FIELDS}}
+
+    def put(self, number: int, **fields) -> None:
+        bad = set(fields) - set(self.FIELDS)
+        assert not bad, bad
+        values = {**fields, "updated_at": time.time()}
+        ins = _insert(self.engine)(AgentIssueRow).values(number=number, **values)
+        with write_tx(self.engine) as c:
+            c.execute(ins.on_conflict_do_update(index_elements=[AgentIssueRow.number], set_=values))
+
+    def waiting_on(self, number: int) -> list[int]:
+        """Issues whose `blocked by #N` names `number` (JSON lists are scanned here: they are short)."""
+        with read_tx(self.engine) as c:
+            rows = c.execute(select(AgentIssueRow.number, AgentIssueRow.blockers)
+                             .where(AgentIssueRow.state == "open")).all()
+        return [n for n, b in rows if b and number in b]
+
+    def all(self) -> list[dict]:
+        with read_tx(self.engine) as c:
+            rows = c.execute(select(AgentIssueRow).order_by(AgentIssueRow.number)).all()
+        return [{"number": r.number, **{f: getattr(r, f) for f in self.FIELDS}} for r in rows]

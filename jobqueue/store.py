@@ -1,0 +1,629 @@
+"""The store: the only module with job SQL. Every method is one transaction.
+
+The claim is a single UPDATE ... WHERE id = (best eligible row) RETURNING *, inside BEGIN
+IMMEDIATE on SQLite (writers queue on the busy timeout) and with FOR UPDATE SKIP LOCKED on
+PostgreSQL (claimers skip each other's rows). It increments `attempt`, the fencing token: every
+later write by the claimer carries WHERE id = ? AND attempt = ? AND state = 'running', so a
+worker whose lease was taken over writes nothing (LeaseLost) and stops.
+
+Statements run on the DBAPI cursor of a pooled SQLAlchemy connection (one per thread), with
+`:name` parameters (rewritten to `%(name)s` for psycopg): SQLAlchemy's per-statement result
+machinery cost ~70 µs on this machine, half the budget of a claim. The schema, pool, pragmas
+and migrations stay SQLAlchemy's (db.py, models.py, migrations.py).
+
+Events are written by database triggers (migrations.py) from the `note` and `updated_at`
+columns each transition sets, so no state change can skip its event.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import config
+from jobqueue.db import init_db, is_sqlite, make_engine, normalise_url
+from jobqueue.models import CLAIMABLE, FINAL, Event, Job, Lane, State
+from jobqueue.proc import Owner, same_process
+
+NOTIFY_CHANNEL = "refinery_jobs"
+
+
+class UnknownJob(config.RefineryError, KeyError):
+    """No job has this id. Fix: list the jobs with `refinery queue ls`."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class IllegalTransition(config.RefineryError):
+    """The job's state does not allow this action (e.g. cancelling a finished job).
+    Fix: check the state with `refinery queue show ID`; `queue retry` re-runs a failed or cancelled job."""
+
+
+class LeaseLost(config.RefineryError):
+    """This claim no longer holds the job: its lease expired and the job was requeued or taken over
+    (the fencing token moved on). Fix: stop working on it; claim again for new work."""
+
+
+class QueueBusy(config.RefineryError):
+    """The queue database stayed locked longer than the busy timeout.
+    Fix: find the process holding a long write transaction, or raise REFINERY_SQLITE_BUSY_TIMEOUT_MS."""
+
+
+def _wall_now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+class Store:
+    """The queue's one door. `Store(url)`, `Store(settings)` or `Store()` (settings.db_url)."""
+
+    def __init__(self, url_or_settings: str | config.Settings | None = None, settings: config.Settings | None = None):
+        if isinstance(url_or_settings, config.Settings):
+            settings, url = url_or_settings, url_or_settings.db_url
+        else:
+            settings = settings or config.load()
+            url = url_or_settings or settings.db_url
+        self.settings = settings
+        self.url = normalise_url(url)
+        self.sqlite = is_sqlite(self.url)
+        self.host = settings.host_name
+        self.engine = make_engine(self.url, settings)
+        init_db(self.engine)
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+        self._sql_cache: dict[str, str] = {}
+        self._skip_locked = "" if self.sqlite else " FOR UPDATE SKIP LOCKED"
+        self._watch = None  # the idle waiter's connection (wait_for_work)
+
+    # ------------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        with self._lock:
+            for raw in self._all:
+                try:
+                    raw.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+            self._all.clear()
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+        self._local = threading.local()
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _conn(self):
+        raw = getattr(self._local, "raw", None)
+        if raw is None:
+            raw = self.engine.raw_connection()
+            self._local.raw = raw
+            with self._lock:
+                self._all.append(raw)
+        return raw
+
+    def _sql(self, sql: str) -> str:
+        out = self._sql_cache.get(sql)
+        if out is None:
+            out = sql if self.sqlite else re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+            self._sql_cache[sql] = out
+        return out
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[_Cursor]:
+        raw = self._conn()
+        try:
+            cur = raw.cursor()
+            if self.sqlite:
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            yield _Cursor(self, cur)
+            raw.commit()
+        except BaseException as e:
+            try:
+                raw.rollback()
+            except Exception:  # noqa: BLE001 - a broken connection: drop it, the pool makes a new one
+                self._local.raw = None
+                raw.invalidate()
+            if self.sqlite and "database is locked" in str(e):
+                raise QueueBusy(f"queue database locked for over {self.settings.queue.sqlite_busy_timeout_ms} ms"
+                                ) from e
+            raise
+
+    def _json(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+    def _notify(self, cur: _Cursor, lane: str) -> None:
+        if not self.sqlite:
+            cur.execute("SELECT pg_notify(:ch, :lane)", {"ch": NOTIFY_CHANNEL, "lane": lane})
+
+    def _lease_s(self, lane: str) -> float:
+        q = self.settings.queue
+        return q.agent_lease_s if lane == Lane.AGENT else q.lease_s
+
+    # ------------------------------------------------------------------ enqueue
+    def enqueue(self, issue: int | None, kind: str, lane: str | Lane, payload: dict, priority: int = 0,
+                depends_on: int | None = None, key: str | None = None, max_attempts: int | None = None,
+                now: float | None = None) -> Job:
+        """Add a job, or return the one already there for (issue, kind, key). A job with neither an
+        issue nor a key is never deduplicated. It starts blocked while its dependency is unfinished
+        or its issue is held, cancelled if the dependency already failed."""
+        lane, now = Lane(lane), _wall_now(now)
+        dedupe = f"{'' if issue is None else issue}:{kind}:{key or ''}" if issue is not None or key else None
+        with self._tx() as cur:
+            held = issue is not None and cur.one("SELECT issue FROM held_issues WHERE issue = :i", {"i": issue})
+            state, note = State.QUEUED, "enqueued"
+            if depends_on is not None:
+                dep = cur.one("SELECT state FROM jobs WHERE id = :d", {"d": depends_on})
+                if dep is None:
+                    raise UnknownJob(f"job {depends_on} (named in depends_on) does not exist")
+                if dep["state"] in (State.FAILED, State.CANCELLED):
+                    state, note = State.CANCELLED, f"dependency #{depends_on} {dep['state']}"
+                elif dep["state"] != State.SUCCEEDED:
+                    state, note = State.BLOCKED, f"waiting on #{depends_on}"
+            if held and state != State.CANCELLED:
+                state, note = State.BLOCKED, f"issue #{issue} is on hold"
+            row = cur.one(
+                "INSERT INTO jobs (issue, kind, lane, state, priority, attempt, attempt_base, max_attempts, payload,"
+                " dedupe, depends_on, held, not_before, cancel_requested, created_at, updated_at, note, finished_at)"
+                " VALUES (:issue, :kind, :lane, :state, :priority, 0, 0, :max_attempts, :payload, :dedupe,"
+                " :depends_on, :held, 0, :false, :now, :now, :note, :finished)"
+                " ON CONFLICT (dedupe) DO NOTHING RETURNING *",
+                {"issue": issue, "kind": kind, "lane": lane.value, "state": state.value, "priority": priority,
+                 "max_attempts": max_attempts or self.settings.queue.max_attempts, "payload": self._json(payload),
+                 "dedupe": dedupe, "depends_on": depends_on, "held": bool(held), "false": False, "now": now,
+                 "note": note, "finished": now if state == State.CANCELLED else None})
+            if row is None:  # the same stage of the same issue is already there
+                return Job.from_row(cur.one("SELECT * FROM jobs WHERE dedupe = :d", {"d": dedupe}))
+            if state == State.QUEUED:
+                self._notify(cur, lane.value)
+            return Job.from_row(row)
+
+    def enqueue_many(self, kind: str, lane: str | Lane, payloads: list[dict], priority: int = 0,
+                     now: float | None = None) -> int:
+        """Bulk enqueue in one transaction (ad hoc jobs: no issue, no dedupe, no dependency)."""
+        lane, now = Lane(lane), _wall_now(now)
+        with self._tx() as cur:
+            cur.cur.executemany(self._sql(
+                "INSERT INTO jobs (issue, kind, lane, state, priority, attempt, attempt_base, max_attempts, payload,"
+                " held, not_before, cancel_requested, created_at, updated_at, note) VALUES (NULL, :kind, :lane,"
+                " 'queued', :priority, 0, 0, :ma, :payload, :false, 0, :false, :now, :now, 'enqueued')"),
+                [{"kind": kind, "lane": lane.value, "priority": priority, "ma": self.settings.queue.max_attempts,
+                  "payload": self._json(p), "false": False, "now": now} for p in payloads])
+            self._notify(cur, lane.value)
+        return len(payloads)
+
+    # ------------------------------------------------------------------ claim, lease, finish
+    _CLAIM = ("UPDATE jobs SET state = 'running', attempt = attempt + 1, owner_host = :host, owner_boot = :boot,"
+              " owner_pid = :pid, owner_start = :start, device = :device, lease_until = :lease_until,"
+              " heartbeat_at = :now, started_at = :now, updated_at = :now, note = :note,"
+              " cancel_requested = :false, child_pid = NULL, child_start = NULL"
+              " WHERE id IN (SELECT id FROM jobs WHERE lane = :lane AND " + CLAIMABLE + " AND not_before <= :now"
+              " ORDER BY priority DESC, id LIMIT :n{skip}) RETURNING *")
+
+    def _claim(self, cur: _Cursor, lane: Lane, owner: Owner, device: str | None, now: float, n: int = 1
+               ) -> list[Job]:
+        if lane == Lane.GPU and (device is None or n != 1):
+            raise ValueError("a gpu-lane claim names its device and takes one job")
+        rows = cur.all(self._CLAIM.format(skip=self._skip_locked), {
+            "host": owner.host, "boot": owner.boot, "pid": owner.pid, "start": owner.start, "device": device,
+            "lease_until": now + self._lease_s(lane), "now": now, "lane": lane.value, "false": False, "n": n,
+            "note": f"claimed by {owner.label}" + (f" on gpu {device}" if device is not None else "")})
+        return sorted((Job.from_row(r) for r in rows), key=lambda j: (-j.priority, j.id))
+
+    def claim(self, lane: str | Lane, owner: Owner, device: str | None = None, now: float | None = None
+              ) -> Job | None:
+        """Lease the best eligible job of `lane` (priority, then age) to `owner`; None if there is none
+        (or, gpu lane, this host's `device` already runs one: the database refuses a second)."""
+        try:
+            with self._tx() as cur:
+                got = self._claim(cur, Lane(lane), owner, device, _wall_now(now))
+                return got[0] if got else None
+        except Exception as e:
+            if _unique_violation(e):
+                return None
+            raise
+
+    def claim_many(self, lane: str | Lane, owner: Owner, n: int, now: float | None = None) -> list[Job]:
+        """Lease up to n jobs of a cpu or agent lane in one transaction (best first)."""
+        with self._tx() as cur:
+            return self._claim(cur, Lane(lane), owner, None, _wall_now(now), n)
+
+    def heartbeat(self, job_id: int, attempt: int, now: float | None = None) -> bool:
+        """Extend the lease; False when this claim no longer holds the job (stop working on it)."""
+        now = _wall_now(now)
+        with self._tx() as cur:
+            return cur.one(
+                "UPDATE jobs SET heartbeat_at = :now, lease_until = :now + CASE WHEN lane = 'agent'"
+                " THEN :agent_lease ELSE :lease END WHERE id = :id AND attempt = :a AND state = 'running'"
+                " RETURNING id", {"now": now, "agent_lease": self.settings.queue.agent_lease_s,
+                                  "lease": self.settings.queue.lease_s, "id": job_id, "a": attempt}) is not None
+
+    def set_child(self, job_id: int, attempt: int, run_dir: str, child_pid: int | None, child_start: str | None
+                  ) -> bool:
+        """Record the runner's child and the run directory (kept across resumes)."""
+        with self._tx() as cur:
+            return cur.one("UPDATE jobs SET run_dir = :rd, child_pid = :cp, child_start = :cs"
+                           " WHERE id = :id AND attempt = :a AND state = 'running' RETURNING id",
+                           {"rd": run_dir, "cp": child_pid, "cs": child_start, "id": job_id, "a": attempt}) is not None
+
+    def _fenced(self, cur: _Cursor, sql: str, params: dict, what: str) -> dict:
+        row = cur.one(sql, params)
+        if row is None:
+            cur_row = cur.one("SELECT state, attempt FROM jobs WHERE id = :id", {"id": params["id"]})
+            if cur_row is None:
+                raise UnknownJob(f"no job {params['id']}")
+            raise LeaseLost(f"job {params['id']} attempt {params['a']} cannot {what}: it is now "
+                            f"{cur_row['state']} at attempt {cur_row['attempt']}")
+        return row
+
+    def _finish(self, cur: _Cursor, job_id: int, attempt: int, result: dict, now: float, note: str) -> None:
+        self._fenced(cur, "UPDATE jobs SET state = 'succeeded', result = :result, error = NULL, finished_at = :now,"
+                     " updated_at = :now, note = :note, lease_until = NULL WHERE id = :id AND attempt = :a AND"
+                     " state = 'running' RETURNING id",
+                     {"result": self._json(result), "now": now, "note": note, "id": job_id, "a": attempt}, "finish")
+        n = cur.rowcount_of("UPDATE jobs SET state = 'queued', updated_at = :now, note = :note"
+                            " WHERE depends_on = :id AND state = 'blocked' AND held = :false",
+                            {"now": now, "note": f"dependency #{job_id} succeeded", "id": job_id, "false": False})
+        if n:
+            self._notify(cur, "any")
+
+    def finish(self, job_id: int, attempt: int, result: dict, now: float | None = None, note: str = "succeeded"
+               ) -> None:
+        """Record success (fenced: LeaseLost if this attempt no longer holds the job); frees its dependents."""
+        with self._tx() as cur:
+            self._finish(cur, job_id, attempt, result, _wall_now(now), note)
+
+    def finish_and_claim(self, job_id: int, attempt: int, result: dict, lane: str | Lane, owner: Owner,
+                         device: str | None = None, now: float | None = None) -> Job | None:
+        """finish() and claim() in one transaction: one commit per job for a busy lane."""
+        now = _wall_now(now)
+        with self._tx() as cur:
+            self._finish(cur, job_id, attempt, result, now, "succeeded")
+            got = self._claim(cur, Lane(lane), owner, device, now)
+            return got[0] if got else None
+
+    def finish_many_and_claim(self, done: list[tuple[int, int, dict]], lane: str | Lane, owner: Owner, n: int,
+                              now: float | None = None) -> tuple[list[Job], list[int]]:
+        """Record several successes (job id, attempt, result) and lease up to n more, in one transaction.
+        Returns (claimed jobs, ids whose lease was lost: their result was not recorded)."""
+        now = _wall_now(now)
+        lost = []
+        with self._tx() as cur:
+            for job_id, attempt, result in done:
+                try:
+                    self._finish(cur, job_id, attempt, result, now, "succeeded")
+                except LeaseLost:
+                    lost.append(job_id)
+            return (self._claim(cur, Lane(lane), owner, None, now, n) if n > 0 else []), lost
+
+    def _cascade_cancel(self, cur: _Cursor, job_id: int, now: float, why: str) -> None:
+        todo = [job_id]
+        while todo:
+            parent = todo.pop()
+            rows = cur.all("UPDATE jobs SET state = 'cancelled', finished_at = :now, updated_at = :now,"
+                           " note = :note, error = :note WHERE depends_on = :id AND state IN ('blocked', 'queued',"
+                           " 'retrying') RETURNING id", {"now": now, "id": parent,
+                                                         "note": f"dependency #{parent} {why}"})
+            todo += [r["id"] for r in rows]
+
+    def fail(self, job_id: int, attempt: int, error: str, retry: bool = True, now: float | None = None) -> Job:
+        """Record a failed attempt: retrying after a back-off (doubling per try) while tries remain and
+        `retry`, else failed for good (its dependents are cancelled). Fenced like finish()."""
+        now = _wall_now(now)
+        q = self.settings.queue
+        with self._tx() as cur:
+            row = self._fenced(cur, "SELECT * FROM jobs WHERE id = :id AND attempt = :a AND state = 'running'",
+                               {"id": job_id, "a": attempt}, "fail")
+            if row["cancel_requested"]:
+                return self._cancel_running(cur, job_id, attempt, now, f"{error}\n(cancel requested while running)")
+            tries = row["attempt"] - row["attempt_base"]
+            again = retry and tries < row["max_attempts"]
+            delay = q.retry_backoff_s * 2 ** (tries - 1)
+            state = State.RETRYING if again else State.FAILED
+            note = (f"attempt {tries} of {row['max_attempts']} failed; retry in {delay:g} s" if again
+                    else f"failed on attempt {tries} of {row['max_attempts']}" + ("" if retry else " (no retry)"))
+            out = self._fenced(cur, "UPDATE jobs SET state = :state, error = :error, not_before = :nb,"
+                               " finished_at = :fin, updated_at = :now, note = :note, lease_until = NULL"
+                               " WHERE id = :id AND attempt = :a AND state = 'running' RETURNING *",
+                               {"state": state.value, "error": error, "nb": now + delay if again else 0.0,
+                                "fin": None if again else now, "now": now, "note": note, "id": job_id,
+                                "a": attempt}, "fail")
+            if not again:
+                self._cascade_cancel(cur, job_id, now, "failed")
+            return Job.from_row(out)
+
+    def requeue(self, job_id: int, attempt: int, reason: str, count_attempt: bool = False, delay: float = 0.0,
+                now: float | None = None) -> Job:
+        """Back to queued (after `delay`), resuming from the run directory's checkpoint when the stage has
+        one. count_attempt False (exit 75, a warm stop): the attempt does not count against max_attempts,
+        up to max_resumes such requeues; beyond that it counts, and may fail the job."""
+        now = _wall_now(now)
+        q = self.settings.queue
+        with self._tx() as cur:
+            row = self._fenced(cur, "SELECT * FROM jobs WHERE id = :id AND attempt = :a AND state = 'running'",
+                               {"id": job_id, "a": attempt}, "requeue")
+            if row["cancel_requested"]:
+                return self._cancel_running(cur, job_id, attempt, now, "cancelled (requested while running)")
+            free = not count_attempt and row["resumes"] < q.max_resumes
+            if not free and row["attempt"] - row["attempt_base"] >= row["max_attempts"]:
+                note = f"{reason}; no attempts left ({row['resumes']} resumes, {row['max_attempts']} attempts)"
+                out = cur.one("UPDATE jobs SET state = 'failed', error = :note, finished_at = :now, updated_at = :now,"
+                              " note = :note, lease_until = NULL WHERE id = :id AND attempt = :a RETURNING *",
+                              {"note": note, "now": now, "id": job_id, "a": attempt})
+                self._cascade_cancel(cur, job_id, now, "failed")
+                return Job.from_row(out)
+            out = cur.one(self._REQUEUE, {"now": now, "note": reason, "base": int(free), "res": int(free),
+                                          "nb": now + delay, "id": job_id, "a": attempt})
+            self._notify(cur, out["lane"])
+            return Job.from_row(out)
+
+    _REQUEUE = ("UPDATE jobs SET state = 'queued', attempt_base = attempt_base + :base, resumes = resumes + :res,"
+                " not_before = :nb, owner_host = NULL, owner_boot = NULL, owner_pid = NULL, owner_start = NULL,"
+                " device = NULL, lease_until = NULL, child_pid = NULL, child_start = NULL, updated_at = :now,"
+                " note = :note WHERE id = :id AND attempt = :a AND state = 'running' RETURNING *")
+
+    def _cancel_running(self, cur: _Cursor, job_id: int, attempt: int, now: float, reason: str) -> Job:
+        row = self._fenced(cur, "UPDATE jobs SET state = 'cancelled', error = :r, finished_at = :now,"
+                           " updated_at = :now, note = :r, lease_until = NULL WHERE id = :id AND attempt = :a AND"
+                           " state = 'running' RETURNING *", {"r": reason, "now": now, "id": job_id, "a": attempt},
+                           "cancel")
+        self._cascade_cancel(cur, job_id, now, "cancelled")
+        return Job.from_row(row)
+
+    def mark_cancelled(self, job_id: int, attempt: int, reason: str, now: float | None = None) -> Job:
+        """The runner stopped a job whose cancel was requested (fenced)."""
+        with self._tx() as cur:
+            return self._cancel_running(cur, job_id, attempt, _wall_now(now), reason)
+
+    # ------------------------------------------------------------------ people's actions
+    def cancel(self, job_id: int, reason: str = "cancelled", now: float | None = None) -> Job:
+        """Cancel a waiting job at once; a running one is asked to stop (its worker kills the child's
+        process group and marks it cancelled); an agent-lane claim is cancelled at once."""
+        now = _wall_now(now)
+        with self._tx() as cur:
+            job = self._get(cur, job_id)
+            if job.state in FINAL:
+                raise IllegalTransition(f"job {job_id} is already {job.state}; nothing to cancel")
+            if job.state == State.RUNNING and job.lane != Lane.AGENT:
+                cur.execute("UPDATE jobs SET cancel_requested = :true WHERE id = :id", {"true": True, "id": job_id})
+                self._event(cur, job, now, f"cancel requested: {reason}")
+            else:
+                cur.execute("UPDATE jobs SET state = 'cancelled', error = :r, finished_at = :now, updated_at = :now,"
+                            " note = :r, lease_until = NULL WHERE id = :id", {"r": reason, "now": now, "id": job_id})
+                self._cascade_cancel(cur, job_id, now, "cancelled")
+            return self._get(cur, job_id)
+
+    def retry(self, job_id: int, now: float | None = None) -> Job:
+        """Run a failed or cancelled job again, with a fresh set of attempts."""
+        now = _wall_now(now)
+        with self._tx() as cur:
+            job = self._get(cur, job_id)
+            if job.state not in (State.FAILED, State.CANCELLED):
+                raise IllegalTransition(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried")
+            blocked = job.held or (job.depends_on is not None and
+                                   self._get(cur, job.depends_on).state != State.SUCCEEDED)
+            cur.execute("UPDATE jobs SET state = :s, attempt_base = attempt, resumes = 0, error = NULL, result = NULL,"
+                        " not_before = 0, finished_at = NULL, cancel_requested = :false, updated_at = :now,"
+                        " note = 'retry requested' WHERE id = :id",
+                        {"s": "blocked" if blocked else "queued", "false": False, "now": now, "id": job_id})
+            if not blocked:
+                self._notify(cur, job.lane.value)
+            return self._get(cur, job_id)
+
+    def hold_issue(self, issue: int, now: float | None = None) -> int:
+        """The issue's `blocked` label: its waiting jobs turn blocked, new ones start blocked; running
+        jobs finish. Returns how many jobs were held."""
+        now = _wall_now(now)
+        with self._tx() as cur:
+            if not cur.one("SELECT issue FROM held_issues WHERE issue = :i", {"i": issue}):
+                cur.execute("INSERT INTO held_issues (issue, held_at) VALUES (:i, :now)", {"i": issue, "now": now})
+            cur.execute("UPDATE jobs SET held = :true WHERE issue = :i", {"true": True, "i": issue})
+            return cur.rowcount_of("UPDATE jobs SET state = 'blocked', updated_at = :now, note = :note"
+                                   " WHERE issue = :i AND " + CLAIMABLE,
+                                   {"now": now, "note": f"issue #{issue} is on hold", "i": issue})
+
+    def release_issue(self, issue: int, now: float | None = None) -> int:
+        """Lift the hold; jobs whose dependency is met are queued again. Returns how many."""
+        now = _wall_now(now)
+        with self._tx() as cur:
+            cur.execute("DELETE FROM held_issues WHERE issue = :i", {"i": issue})
+            cur.execute("UPDATE jobs SET held = :false WHERE issue = :i", {"false": False, "i": issue})
+            n = cur.rowcount_of(
+                "UPDATE jobs SET state = 'queued', updated_at = :now, note = :note WHERE issue = :i AND"
+                " state = 'blocked' AND (depends_on IS NULL OR depends_on IN"
+                " (SELECT d.id FROM jobs d WHERE d.state = 'succeeded'))",
+                {"now": now, "note": f"issue #{issue} released", "i": issue})
+            if n:
+                self._notify(cur, "any")
+            return n
+
+    # ------------------------------------------------------------------ recovery
+    def recover(self, now: float | None = None) -> list[tuple[Job, str]]:
+        """Return lost claims to the queue: running jobs whose lease expired (any host), and at once those
+        whose owner is on this host and provably gone (pid dead or reused, or the machine rebooted).
+        Each is requeued (the attempt counts), failed after its last attempt, or cancelled if a cancel
+        was pending. Returns (job as it was, what happened) for each, so the caller can kill orphans."""
+        now = _wall_now(now)
+        out: list[tuple[Job, str]] = []
+        with self._tx() as cur:
+            rows = cur.all("SELECT * FROM jobs WHERE state = 'running' AND (lease_until < :now OR owner_host = :h)",
+                           {"now": now, "h": self.host})
+            for row in rows:
+                job = Job.from_row(row)
+                if job.lease_until is not None and job.lease_until < now:
+                    why = f"lease of {job.owner_host}:{job.owner_pid or 'agent'} expired"
+                elif job.owner_pid and job.owner_host == self.host and \
+                        not same_process(job.owner_pid, job.owner_start, job.owner_boot):
+                    why = f"owner {job.owner_host}:{job.owner_pid} is gone"
+                else:
+                    continue
+                params = {"now": now, "id": job.id, "a": job.attempt}
+                if job.cancel_requested:
+                    action = "cancelled"
+                    cur.execute("UPDATE jobs SET state = 'cancelled', error = :note, finished_at = :now,"
+                                " updated_at = :now, note = :note, lease_until = NULL WHERE id = :id AND"
+                                " attempt = :a AND state = 'running'", {**params, "note": f"{why}; cancel pending"})
+                    self._cascade_cancel(cur, job.id, now, "cancelled")
+                elif job.tries >= job.max_attempts:
+                    action = "failed"
+                    note = f"{why} on attempt {job.tries} of {job.max_attempts}: no attempts left"
+                    cur.execute("UPDATE jobs SET state = 'failed', error = :note, finished_at = :now,"
+                                " updated_at = :now, note = :note, lease_until = NULL WHERE id = :id AND"
+                                " attempt = :a AND state = 'running'", {**params, "note": note})
+                    self._cascade_cancel(cur, job.id, now, "failed")
+                else:
+                    action = "requeued"
+                    cur.execute(self._REQUEUE, {**params, "base": 0, "res": 0, "nb": 0.0,
+                                                "note": f"{why}; requeued after attempt {job.tries} of "
+                                                        f"{job.max_attempts}"})
+                    self._notify(cur, job.lane.value)
+                out.append((job, action))
+        return out
+
+    # ------------------------------------------------------------------ reading
+    def _get(self, cur: _Cursor, job_id: int) -> Job:
+        row = cur.one("SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+        if row is None:
+            raise UnknownJob(f"no job {job_id}")
+        return Job.from_row(row)
+
+    def _event(self, cur: _Cursor, job: Job, now: float, message: str) -> None:
+        """An event without a state change (the triggers write the others)."""
+        cur.execute("INSERT INTO job_events (job_id, at, attempt, from_state, to_state, message, owner)"
+                    " VALUES (:id, :now, :a, :s, :s, :m, NULL)",
+                    {"id": job.id, "now": now, "a": job.attempt, "s": job.state.value, "m": message})
+
+    def get(self, job_id: int) -> Job:
+        with self._tx(write=False) as cur:
+            return self._get(cur, job_id)
+
+    def list(self, state: str | None = None, lane: str | None = None, issue: int | None = None,
+             limit: int = 200) -> list[Job]:
+        """Newest first, optionally filtered."""
+        where, params = ["1 = 1"], {"limit": limit}
+        for col, val in (("state", state), ("lane", lane), ("issue", issue)):
+            if val is not None:
+                where.append(f"{col} = :{col}")
+                params[col] = val.value if isinstance(val, Lane | State) else val
+        with self._tx(write=False) as cur:
+            return [Job.from_row(r) for r in cur.all(
+                f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :limit", params)]
+
+    def jobs_for_issue(self, issue: int) -> list[Job]:
+        with self._tx(write=False) as cur:
+            return [Job.from_row(r) for r in cur.all("SELECT * FROM jobs WHERE issue = :i ORDER BY id", {"i": issue})]
+
+    def events(self, job_id: int) -> list[Event]:
+        with self._tx(write=False) as cur:
+            self._get(cur, job_id)
+            return [Event.from_row(r) for r in cur.all("SELECT * FROM job_events WHERE job_id = :id ORDER BY id",
+                                                       {"id": job_id})]
+
+    def cancel_requests(self, job_ids: list[int]) -> set[int]:
+        """Which of these running jobs has a pending cancel."""
+        if not job_ids:
+            return set()
+        names = {f"j{i}": j for i, j in enumerate(job_ids)}
+        with self._tx(write=False) as cur:
+            return {r["id"] for r in cur.all(
+                f"SELECT id FROM jobs WHERE state = 'running' AND cancel_requested = :true AND id IN"
+                f" ({', '.join(':' + n for n in names)})", {"true": True, **names})}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{lane: {state: n}} for status displays."""
+        out: dict[str, dict[str, int]] = {}
+        with self._tx(write=False) as cur:
+            for r in cur.all("SELECT lane, state, COUNT(*) AS n FROM jobs GROUP BY lane, state", {}):
+                out.setdefault(r["lane"], {})[r["state"]] = int(r["n"])
+        return out
+
+    # ------------------------------------------------------------------ waiting for work
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until the queue changes or `timeout` passes; True if woken. PostgreSQL: LISTEN/NOTIFY.
+        SQLite: `PRAGMA data_version` (bumped by other connections' commits) re-read every idle_poll_s:
+        a read of shared memory, no lock, so waiting workers never slow the writers."""
+        deadline = time.monotonic() + timeout
+        try:
+            if self._watch is None:
+                self._watch = self._open_watch()
+            if not self.sqlite:
+                return any(True for _ in self._watch.notifies(timeout=max(0.0, timeout), stop_after=1))
+            first = self._watch.execute("PRAGMA data_version").fetchone()[0]
+            while time.monotonic() < deadline:
+                time.sleep(min(self.settings.queue.idle_poll_s, max(0.0, deadline - time.monotonic())))
+                if self._watch.execute("PRAGMA data_version").fetchone()[0] != first:
+                    return True
+            return False
+        except Exception:  # noqa: BLE001 - the server went away: reconnect next time, wait out the timeout
+            watch, self._watch = self._watch, None
+            if watch is not None:
+                try:
+                    watch.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return False
+
+    def _open_watch(self):
+        if self.sqlite:
+            import sqlite3
+
+            return sqlite3.connect(self.url.split("sqlite:///", 1)[1].split("?", 1)[0], isolation_level=None,
+                                   check_same_thread=False)
+        import psycopg
+
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        conn = psycopg.connect(*cargs, **cparams, autocommit=True)
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return conn
+
+
+class _Cursor:
+    """A DBAPI cursor taking `:name` SQL, returning rows as dicts."""
+
+    __slots__ = ("store", "cur")
+
+    def __init__(self, store: Store, cur):
+        self.store, self.cur = store, cur
+
+    def _run(self, sql: str, params: dict) -> None:
+        self.cur.execute(self.store._sql(sql), params)
+
+    def execute(self, sql: str, params: dict) -> None:
+        """Run a statement, draining any RETURNING rows (SQLite cannot commit with a statement open)."""
+        self._run(sql, params)
+        if self.cur.description is not None:
+            self.cur.fetchall()
+
+    def _dicts(self) -> list[dict]:
+        if self.cur.description is None:
+            return []
+        names = [d[0] for d in self.cur.description]
+        return [dict(zip(names, r)) for r in self.cur.fetchall()]
+
+    def one(self, sql: str, params: dict) -> dict | None:
+        self._run(sql, params)
+        rows = self._dicts()
+        return rows[0] if rows else None
+
+    def all(self, sql: str, params: dict) -> list[dict]:
+        self._run(sql, params)
+        return self._dicts()
+
+    def rowcount_of(self, sql: str, params: dict) -> int:
+        self._run(sql, params)
+        return self.cur.rowcount
+
+
+def _unique_violation(e: BaseException) -> bool:
+    text = str(e)
+    return "UNIQUE constraint failed" in text or "duplicate key value violates unique constraint" in text

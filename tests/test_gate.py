@@ -1,0 +1,131 @@
+"""The gate's decision rule on constructed per-seed values.  Run: .venv/bin/python -m pytest tests/test_gate.py"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import config
+from experiments.gate import compare, decide_ablation, decide_full, holm
+
+S = config.load({})
+
+
+def arm(rbar, r1=None, r2=None):
+    return {"rbar": rbar, "r1": r1 if r1 is not None else [x - 20 for x in rbar],
+            "r2bar": r2 if r2 is not None else list(rbar)}
+
+
+def evidence(depth: dict, control=(arm([99, 98, 99, 99, 98]), arm([99, 99, 98, 98, 99])), extended=False):
+    tasks = {t: {"role": "depth", "candidate": c, "control": k} for t, (c, k) in depth.items()}
+    tasks["summod"] = {"role": "control", "candidate": control[0], "control": control[1]}
+    return {"tasks": tasks, "extended": extended}
+
+
+GOOD = (arm([80, 82, 85, 79, 81]), arm([50, 52, 48, 55, 51]))
+NULL = (arm([50, 52, 48, 55, 51], r1=[50, 52, 48, 55, 51]), arm([51, 50, 49, 53, 52]))
+
+
+def test_clear_pass_with_all_evidence():
+    v = decide_ablation(evidence({"khop": GOOD, "s5": GOOD, "listops": NULL}), S)
+    assert v.verdict == "PASS", v.reason
+    ev = v.evidence["tasks"]["khop"]
+    assert ev["mannwhitney_p"] == pytest.approx(1 / 252) and ev["separated"] and ev["p_superiority"] == 1.0
+    assert ev["delta"] == pytest.approx(81.4 - 51.2) and ev["delta_ci"][0] > 20
+    assert ev["candidate"] == [80, 82, 85, 79, 81] and ev["std_candidate"] > 0
+    assert v.evidence["rank_u_p"] == pytest.approx(2 / 252) and v.evidence["clearing_tasks"] == ["khop", "s5"]
+    assert v.evidence["holm_p"]["khop"] == pytest.approx(3 / 252)
+    json.dumps(v.to_dict())  # the evidence is JSON-ready
+
+
+def test_clear_fail_when_ci_below_five_everywhere():
+    v = decide_ablation(evidence({"khop": NULL, "s5": NULL, "listops": NULL}), S)
+    assert v.verdict == "FAIL" and "CI of Δ" in v.reason
+
+
+def test_fail_when_depth_does_no_work():
+    flat = (arm([80, 82, 85, 79, 81], r1=[80, 82, 85, 79, 81]), arm([50, 52, 48, 55, 51]))
+    v = decide_ablation(evidence({"khop": flat, "s5": flat, "listops": flat}), S)
+    assert v.verdict == "FAIL" and "depth does no work" in v.reason
+    assert not v.evidence["tasks"]["khop"]["checks"]["depth_gain"]
+
+
+def test_extend_when_one_seed_overlaps_then_fail_after_extension():
+    overlap = (arm([80, 82, 85, 79, 50]), arm([50, 52, 48, 55, 51]))  # one candidate seed loses
+    v = decide_ablation(evidence({"khop": overlap, "s5": GOOD, "listops": NULL}), S)
+    assert v.verdict == "EXTEND", v.reason
+    assert not v.evidence["tasks"]["khop"]["separated"]
+    v2 = decide_ablation(evidence({"khop": overlap, "s5": GOOD, "listops": NULL}, extended=True), S)
+    assert v2.verdict == "FAIL" and v2.evidence["alpha"] == S.gate.alpha / 2
+
+
+def test_extended_ten_seeds_pass_at_half_alpha():
+    c10 = arm([80, 82, 85, 79, 81, 83, 84, 80, 78, 86])
+    k10 = arm([50, 52, 48, 55, 51, 49, 47, 53, 50, 54])
+    v = decide_ablation(evidence({"khop": (c10, k10), "s5": (c10, k10), "listops": (c10, k10)}, extended=True), S)
+    assert v.verdict == "PASS" and v.evidence["tasks"]["khop"]["depth_gain_seeds_needed"] == 8
+
+
+def test_control_broken_is_error_not_pass():
+    weak = (arm([80, 81, 79, 82, 80]), arm([60, 61, 59, 62, 60]))  # refiner helps where it must not
+    v = decide_ablation(evidence({"khop": GOOD, "s5": GOOD, "listops": NULL}, control=weak), S)
+    assert v.verdict == "ERROR" and "control task broken" in v.reason and not v.evidence["control_ok"]
+
+
+def test_overthinking_blocks_a_task():
+    over = (arm([80, 82, 85, 79, 81], r2=[60, 62, 65, 59, 61]), arm([50, 52, 48, 55, 51]))
+    v = decide_ablation(evidence({"khop": over, "s5": GOOD, "listops": NULL}), S)
+    assert v.verdict == "EXTEND" and not v.evidence["tasks"]["khop"]["checks"]["overthink"]
+
+
+def test_thresholds_come_from_config():
+    v = decide_ablation(evidence({"khop": GOOD, "s5": GOOD, "listops": NULL}),
+                        S.replace({"pass_delta_points": 40.0}))
+    assert v.verdict != "PASS"
+
+
+def test_compare_handles_ties_and_holm():
+    c = compare([50, 50, 60, 60, 70], [50, 40, 40, 30, 50], S)
+    assert c["mannwhitney_method"].startswith("exact permutation") and 0 < c["mannwhitney_p"] < 0.1
+    assert not c["separated"] and 0.5 < c["p_superiority"] < 1
+    same = compare([50.0] * 5, [50.0] * 5, S)
+    assert same["delta_ci"] == [0.0, 0.0] and same["mannwhitney_p"] > 0.5
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
+
+
+def test_decide_full():
+    curve = {"r": [1, 2, 4, 8], "candidate": [[30, 40, 50, 51], [31, 41, 52, 52], [29, 39, 49, 50]]}
+    ok = decide_full({"val_loss": {"candidate": [3.30, 3.31, 3.29], "control": [3.30, 3.30, 3.31]},
+                      "depth_curve": curve, "r_bar": 4}, S)
+    assert ok.verdict == "PASS" and ok.evidence["checks"] == {"loss_gap": True, "depth_rising": True}
+    worse = decide_full({"val_loss": {"candidate": [3.40, 3.41, 3.39], "control": [3.30, 3.30, 3.31]},
+                         "depth_curve": curve, "r_bar": 4}, S)
+    assert worse.verdict == "FAIL" and worse.evidence["loss_gap"] > 0.02
+    flat = {"r": [1, 2, 4, 8], "candidate": [[50, 50, 50, 50]] * 3}
+    assert decide_full({"val_loss": {"candidate": [3.3] * 3, "control": [3.3] * 3}, "depth_curve": flat,
+                        "r_bar": 4}, S).verdict == "FAIL"
+
+
+def _pool(rng, means: dict, n=8, sd=2.0):
+    return {t: {v: [{"r1": m - 15, "rbar": m, "r2bar": m} for m in rng.normal(mu, sd, n)] for v, mu in vs.items()}
+            for t, vs in means.items()}
+
+
+def test_calibration_simulation_counts_false_passes_and_detections():
+    import numpy as np
+
+    from experiments.calibrate import simulate
+
+    s = S.replace({"tasks": ("khop", "s5", "listops"), "control_task": "copy", "bootstrap_resamples": 500})
+    rng = np.random.default_rng(0)
+    same = {"normal": 60.0, "crippled": 60.0}
+    pool = _pool(rng, {"khop": same, "s5": same, "listops": same, "copy": {"normal": 99.0}})
+    for t in pool["copy"]["normal"]:
+        t["r1"] = t["rbar"]  # a control task: no depth gain needed
+    aa = simulate(pool, s, 60, "normal", "normal", seed=1)
+    assert aa["verdicts"]["PASS"] == 0 and aa["pass_rate_ci95"][1] < 0.07
+    strong = {"normal": 80.0, "crippled": 50.0}
+    pool2 = _pool(rng, {"khop": strong, "s5": strong, "listops": same, "copy": {"normal": 99.0}})
+    det = simulate(pool2, s, 40, "normal", "crippled", seed=2)
+    assert det["pass_rate"] > 0.9

@@ -1,0 +1,118 @@
+"""`refinery queue ...` and `refinery gpu-lock -- CMD`, run as the real command line.
+
+    .venv/bin/python -m pytest tests/test_queue_cli.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import filelock
+import pytest
+
+from agent.cli import main
+from agent.cli_queue import EXIT_NOTHING
+from jobqueue.gpulock import gpu_lock
+from jobqueue.models import State
+from jobqueue.store import Store
+from jobqueue.worker import Worker
+from tests.queue_support import ROOT, proc_env, queue_env, settings_for, wait_until
+
+
+@pytest.fixture
+def env(db_url, tmp_path, monkeypatch):
+    env = queue_env(db_url, tmp_path)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_enqueue_ls_show_cancel_retry_logs(env, capsys):
+    rc, out, _ = run(capsys, "queue", "enqueue", "--lane", "cpu", "--kind", "task", "--json", "--",
+                     sys.executable, "-c", "print('hello from the job')")
+    assert rc == 0
+    job_id = json.loads(out)["id"]
+    rc, out, _ = run(capsys, "queue", "ls", "--json")
+    assert rc == 0 and json.loads(out.splitlines()[0])["state"] == "queued"
+    rc, out, _ = run(capsys, "queue", "ls")
+    assert rc == 0 and "queued" in out
+    assert run(capsys, "queue", "cancel", str(job_id))[0] == 0
+    rc, out, _ = run(capsys, "queue", "show", str(job_id))
+    assert rc == 0 and "cancelled" in out and "queued → cancelled" in out.replace("    ", " ").replace("  ", " ")
+    rc, _, err = run(capsys, "queue", "cancel", str(job_id))  # illegal: one line, non-zero
+    assert rc == 2 and "already cancelled" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run(capsys, "queue", "show", "999")
+    assert rc == 2 and "no job 999" in err
+    assert run(capsys, "queue", "retry", str(job_id))[0] == 0
+    store = Store(settings_for(env))
+    w = Worker(store)
+    wait_until(lambda: store.get(job_id).state in (State.FAILED, State.SUCCEEDED), 30, "the job", lambda: w.step())
+    rc, out, _ = run(capsys, "queue", "logs", str(job_id), "-f")
+    assert rc == 0 and "hello from the job" in out
+    store.close()
+
+
+def test_agent_lane_claim_heartbeat_done_fail(env, capsys, tmp_path):
+    store = Store(settings_for(env))
+    store.enqueue(12, "agent", "agent", {"title": "Add a flag", "body": "Please add --x.", "labels": ["tools"]},
+                  key="agent")
+    rc, out, _ = run(capsys, "queue", "claim", "--lane", "agent", "--json")
+    item = json.loads(out)
+    assert rc == 0 and item["issue"] == 12 and item["title"] == "Add a flag" and item["labels"] == ["tools"]
+    assert item["body"] == "Please add --x." and item["lease_id"] == f"{item['job_id']}.1" and item["lease_expires_at"]
+    notes = tmp_path / "runs" / "agent" / "12" / "notes.md"
+    assert item["notes_path"] == str(notes) and notes.exists()
+    notes.write_text(notes.read_text() + "tried A; B is next\n")
+    rc, out, _ = run(capsys, "queue", "claim", "--lane", "agent", "--json")
+    assert rc == EXIT_NOTHING and json.loads(out) == {"claimed": False}
+    assert run(capsys, "queue", "heartbeat", item["lease_id"])[0] == 0
+    # give it back for another try; the next claim hands back the same notes
+    assert run(capsys, "queue", "fail", item["lease_id"], "--note", "ran out of context", "--retry")[0] == 0
+    rc, out, _ = run(capsys, "queue", "claim", "--lane", "agent", "--json")
+    again = json.loads(out)
+    assert rc == 0 and again["lease_id"] == f"{item['job_id']}.2" and "B is next" in notes.read_text()
+    rc, _, err = run(capsys, "queue", "done", item["lease_id"], "--note", "stale")  # the old lease is fenced off
+    assert rc == 2 and "LeaseLost" in err
+    assert run(capsys, "queue", "done", again["lease_id"], "--note", "added --x")[0] == 0
+    j = store.get(item["job_id"])
+    assert j.state == State.SUCCEEDED and j.result["note"] == "added --x"
+    store.close()
+
+
+def test_agent_lease_expires_without_heartbeats(env, capsys):
+    store = Store(settings_for(env))
+    job = store.enqueue(13, "agent", "agent", {"title": "t"})
+    rc, out, _ = run(capsys, "queue", "claim", "--json")
+    lease = json.loads(out)["lease_expires_ts"]
+    assert store.recover(now=lease - 0.5) == []  # the claiming process exited: a lease, not a pid, holds it
+    assert [a for _, a in store.recover(now=lease + 0.1)] == ["requeued"]
+    assert store.get(job.id).state == State.QUEUED
+    store.close()
+
+
+def test_gpu_lock_runs_a_command_under_the_lock(sqlite_url, tmp_path, monkeypatch):
+    env = queue_env(sqlite_url, tmp_path)
+    settings = settings_for(env)
+    marker = tmp_path / "started"
+    cmd = [sys.executable, "-m", "agent", "gpu-lock", "--", sys.executable, "-c",
+           f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); time.sleep(1.5); raise SystemExit(7)"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=proc_env(env))
+    wait_until(marker.exists, 20, "the command to start")
+    with pytest.raises(filelock.Timeout):  # the exec'd command itself holds the lock
+        gpu_lock(settings, "0").acquire(timeout=0)
+    busy = subprocess.run([sys.executable, "-m", "agent", "gpu-lock", "--wait", "0", "--", "true"], cwd=ROOT,
+                          env=proc_env(env), capture_output=True, text=True)
+    assert busy.returncode == 75 and "busy" in busy.stderr and "pid" in busy.stderr
+    assert proc.wait(20) == 7  # its exit code passes through
+    t0 = time.monotonic()
+    with gpu_lock(settings, "0").acquire(timeout=5):  # released when the command ended
+        assert time.monotonic() - t0 < 1

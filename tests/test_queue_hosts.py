@@ -1,0 +1,84 @@
+"""Two daemons posing as two hosts (REFINERY_HOST_NAME) on one PostgreSQL queue, each with its own gpu
+lane and runs/ directory: each card runs one job at a time, cpu jobs spread over both, and a host that
+dies (SIGKILL of everything it runs, never restarted) has its job taken over after its lease expires.
+
+    .venv/bin/python -m pytest tests/test_queue_hosts.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from jobqueue.models import State
+from jobqueue.store import Store
+from tests.queue_support import child_argv, queue_env, read_records, settings_for, start_worker, wait_until
+
+pytestmark = pytest.mark.postgres
+
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except Exception:  # noqa: BLE001 - a stuck worker must not hide the test's own failure
+            p.kill()
+
+
+def test_two_hosts_share_one_queue(pg_url, tmp_path):
+    rec = tmp_path / "rec.jsonl"
+    envs = {h: queue_env(pg_url, tmp_path / h, host_name=h, cpu_workers=1) for h in ("hostA", "hostB")}
+    store = Store(settings_for(envs["hostA"]))
+    gpu = [store.enqueue(None, "task", "gpu", {"argv": child_argv("--sleep", "0.4", "--record", str(rec))})
+           for _ in range(4)]
+    cpu = [store.enqueue(None, "task", "cpu", {"argv": child_argv("--sleep", "0.4", "--record", str(rec))})
+           for _ in range(6)]
+    procs = [start_worker(env, log=tmp_path / f"{h}.log") for h, env in envs.items()]
+    try:
+        wait_until(lambda: all(store.get(j.id).state == State.SUCCEEDED for j in gpu + cpu), 90, "all jobs")
+    finally:
+        _stop(procs)
+    spans: dict[int, dict] = {}
+    for r in read_records(rec):
+        spans.setdefault(r["job"], {"host": r["host"]})[r["event"]] = r["t"]
+    gpu_ids = {j.id for j in gpu}
+    for host in envs:
+        ivs = sorted((s["start"], s["end"]) for j, s in spans.items() if j in gpu_ids and s["host"] == host)
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ivs, ivs[1:])), (host, ivs)
+    assert {s["host"] for j, s in spans.items() if j not in gpu_ids} == set(envs), "cpu jobs ran on one host only"
+    store.close()
+
+
+def test_a_dead_hosts_job_is_taken_over_after_its_lease_expires(pg_url, tmp_path):
+    envs = {h: queue_env(pg_url, tmp_path / h, host_name=h, cpu_workers=1) for h in ("hostA", "hostB")}
+    store = Store(settings_for(envs["hostB"]))
+    pidfile = tmp_path / "child.json"
+    job = store.enqueue(None, "task", "cpu", {"argv": child_argv("--pidfile", str(pidfile), "--block-attempts", "1")})
+    a = start_worker(envs["hostA"], "--lanes", "cpu", log=tmp_path / "a.log")
+    b = None
+    try:
+        wait_until(pidfile.exists, 60, "hostA to start the job")
+        assert store.get(job.id).owner_host == "hostA"
+        b = start_worker(envs["hostB"], "--lanes", "cpu", log=tmp_path / "b.log")
+        time.sleep(1.0)  # hostB is up and must leave hostA's live job alone
+        assert store.get(job.id).owner_host == "hostA" and store.get(job.id).attempt == 1
+        # hostA dies: its worker and everything it runs, at once, never restarted
+        os.kill(a.pid, signal.SIGKILL)
+        os.killpg(json.loads(pidfile.read_text())["pid"], signal.SIGKILL)
+        died = time.time()
+        lease_until = store.get(job.id).lease_until
+        wait_until(lambda: store.get(job.id).state == State.SUCCEEDED, 60, "hostB to take the job over")
+    finally:
+        _stop([p for p in (a, b) if p is not None])
+    j = store.get(job.id)
+    assert j.owner_host == "hostB" and j.attempt == 2
+    takeover = next(e for e in store.events(job.id) if e.from_state == "running" and e.to_state == "queued")
+    assert "expired" in takeover.message and takeover.at >= lease_until > died - 2.5
+    store.close()

@@ -1,0 +1,199 @@
+"""The stages end to end with budgets shrunk to seconds: smoke, ablation (gate evidence, plots, prereg),
+full (corpus, checkpoints, SIGTERM → exit 75 → resume), ERROR verdicts, the corpus builder, the CLI.
+
+Run: .venv/bin/python -m pytest tests/test_stages.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import config
+from config import ROOT
+from experiments import corpus
+from experiments.runs import evaluation_fingerprint, read_result
+from experiments.stage import execute
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("REFINERY_") and k != "MODEL_ARCH"}
+FAST = {"init_std": 0.1, "stage_threads": 1, "test_examples": 200, "batch_size": 16}
+
+
+def settings(**over):
+    return config.load({}).replace({**FAST, **over})
+
+
+def test_smoke_passes_and_writes_a_self_describing_run(tmp_path):
+    s = settings(smoke_steps=30, smoke_overfit_steps=60, r_max=2, r_mean=2)
+    code, res = execute("smoke", s, {"arch": "refiner"}, tmp_path / "run", job_id=7)
+    assert code == 0 and res["verdict"] == "PASS", res["reason"]
+    on_disk = read_result(tmp_path / "run")
+    assert on_disk["verdict"] == "PASS" and on_disk["stage"] == "smoke" and on_disk["job_id"] == 7
+    assert set(on_disk["figures"]["eval_sweep"]) == {"1", "2", "4"}
+    assert on_disk["figures"]["tokens_per_s"] > 0
+    assert on_disk["run"]["evaluation_fingerprint"] == evaluation_fingerprint()
+    log = (tmp_path / "run" / "log.txt").read_text()
+    for needle in ("git ", "dirty=", "versions python", "dtype_reason", "evaluation fingerprint", "effective spec"):
+        assert needle in log
+    assert (tmp_path / "run" / "plots" / "depth.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["job_id"] == 7
+
+
+def test_smoke_fails_with_a_reason_when_it_cannot_overfit(tmp_path):
+    s = settings(smoke_steps=5, smoke_overfit_steps=3, smoke_overfit_loss=0.01)
+    code, res = execute("smoke", s, {}, tmp_path / "run")
+    assert code == 0 and res["verdict"] == "FAIL" and "one batch reached loss" in res["reason"]
+
+
+def test_ablation_end_to_end_with_evidence_plots_and_prereg(tmp_path):
+    s = settings(tasks=("khop", "s5"), control_task="copy", ablation_steps=25, ablation_seeds=2, extend_seeds=1,
+                 khop_k=2, s5_len=2, summod_len=3, r_max=2, r_mean=2)
+    prereg = {"hypothesis": "h", "primary_task": "khop", "expected_delta": 10}
+    code, res = execute("ablation", s, {}, tmp_path / "run", prereg=prereg)
+    assert code == 0 and res["verdict"] in ("FAIL", "ERROR", "PASS"), res  # EXTEND ran its extra seed inline
+    ev = res["evidence"]
+    assert set(ev["tasks"]) == {"khop", "s5", "copy"}
+    k = ev["tasks"]["khop"]
+    assert len(k["candidate"]) == len(k["control"]) == len(res["figures"]["seeds"])
+    assert {"delta", "delta_ci", "mannwhitney_p", "p_superiority", "std_candidate", "depth_gain"} <= set(k)
+    assert res["prereg"]["primary_task"] == "khop" and "observed_delta" in res["prereg"]
+    for p in ("loss.png", "depth.png", "strip.png"):
+        assert (tmp_path / "run" / "plots" / p).is_file()
+    done = (tmp_path / "run" / "done.jsonl").read_text().splitlines()
+    assert len(done) == res["figures"]["runs"]
+    # a rerun resumes from done.jsonl: nothing is trained again
+    t0 = time.time()
+    code2, res2 = execute("ablation", s, {}, tmp_path / "run")
+    assert res2["evidence"]["tasks"]["khop"]["candidate"] == k["candidate"] and time.time() - t0 < 20
+
+
+def test_replication_uses_fresh_seeds(tmp_path):
+    s = settings(tasks=("khop",), control_task="copy", ablation_steps=5, ablation_seeds=2, pass_min_tasks=1,
+                 extend_seeds=1, khop_k=1, summod_len=2, r_max=2, r_mean=2)
+    code, res = execute("replication", s, {}, tmp_path / "run", seed_base=3)
+    assert code == 0 and min(res["figures"]["seeds"]) >= 10_003 and "replicates" in res
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    man = corpus.build(corpus.stdlib_sources(max_bytes=150_000), out, val_frac=0.2)
+    return out, man
+
+
+def test_corpus_is_deterministic_with_manifest(tiny_corpus, tmp_path):
+    out, man = tiny_corpus
+    again = corpus.build(corpus.stdlib_sources(max_bytes=150_000), tmp_path, val_frac=0.2)
+    assert (out / "train.bin").read_bytes() == (tmp_path / "train.bin").read_bytes()
+    assert man == again and man["tokens"]["train"] > 10_000 and man["tokens"]["val"] > 0
+    assert all(len(src["sha256"]) == 64 for src in man["sources"])
+    data = corpus.load("train", out, verify=True)
+    assert data.dtype == np.uint16 and len(data) == man["tokens"]["train"]
+    x, y = corpus.windows(data, 4, 16, np.random.default_rng(0))
+    assert x.shape == (4, 16) and (x[:, 1:] == y[:, :-1]).all()
+
+
+def _full_settings(out, **over):
+    return settings(corpus_dir=str(out), full_steps=24, full_seeds=1, ckpt_every=8, eval_every=8, eval_batches=2,
+                    seq_len=32, batch_size=4, full_probe_steps=5, khop_k=1, r_max=2, r_mean=2, **over)
+
+
+def test_full_stage_runs_checkpoints_and_decides(tiny_corpus, tmp_path):
+    out, _ = tiny_corpus
+    code, res = execute("full", _full_settings(out), {}, tmp_path / "run")
+    assert code == 0 and res["verdict"] in ("PASS", "FAIL"), res["reason"]
+    assert {"loss_gap", "val_loss_candidate", "depth_curve_mean"} <= set(res["evidence"])
+    assert (tmp_path / "run" / "ckpt" / "candidate-s0" / "meta.json").is_file()
+    assert (tmp_path / "run" / "plots" / "val_loss.png").is_file()
+
+
+def test_error_verdicts_for_faults_of_the_run(tiny_corpus, tmp_path):
+    out, _ = tiny_corpus
+    _, disk = execute("smoke", settings(min_free_disk_gb=1e6), {}, tmp_path / "disk")
+    assert disk["verdict"] == "ERROR" and disk["reason"].startswith("disk full")
+    _, oom = execute("full", _full_settings(out, cpu_mem_budget=1000), {}, tmp_path / "oom")
+    assert oom["verdict"] == "ERROR" and oom["reason"].startswith("out of memory")
+    _, nocorpus = execute("full", _full_settings(tmp_path / "nowhere"), {}, tmp_path / "nc")
+    assert nocorpus["verdict"] == "ERROR" and nocorpus["reason"].startswith("corpus unavailable")
+    assert read_result(tmp_path / "oom")["verdict"] == "ERROR"
+
+
+def _stage_child(run_dir, spec_path):
+    return subprocess.Popen([sys.executable, "-m", "experiments.stage", "full", "--spec", str(spec_path),
+                             "--run-dir", str(run_dir), "--job-id", "5"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_75_and_resumes_then_corrupt_checkpoint_is_error(tiny_corpus, tmp_path):
+    out, _ = tiny_corpus
+    spec = {"spec": {**{k: v for k, v in FAST.items()}, "corpus_dir": str(out), "full_steps": 60, "full_seeds": 1,
+                     "ckpt_every": 1000, "eval_every": 1000, "eval_batches": 1, "seq_len": 32, "batch_size": 4,
+                     "full_probe_steps": 0, "r_max": 2, "r_mean": 2}}
+    sp = tmp_path / "spec.json"
+    sp.write_text(json.dumps(spec))
+    run = tmp_path / "run"
+    child = _stage_child(run, sp)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "progress.json").exists():
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode == 75, output
+    assert not (run / "result.json").exists()
+    meta = json.loads((run / "ckpt" / "candidate-s0" / "meta.json").read_text())
+    assert 0 <= meta["step"] < 59
+    child = _stage_child(run, sp)
+    output, _ = child.communicate(timeout=240)
+    assert child.returncode == 0, output
+    assert "resumed from candidate-s0" in (run / "log.txt").read_text()
+    assert read_result(run)["verdict"] in ("PASS", "FAIL")
+    # a corrupt checkpoint: ERROR with that reason, never a traceback only
+    bad = tmp_path / "bad"
+    (bad / "ckpt").mkdir(parents=True)
+    import shutil
+    shutil.copytree(run / "ckpt" / "candidate-s0", bad / "ckpt" / "candidate-s0")
+    (bad / "ckpt" / "candidate-s0" / "state.pt").write_bytes(b"garbage")
+    child = _stage_child(bad, sp)
+    child.communicate(timeout=120)
+    res = read_result(bad)
+    assert child.returncode == 0 and res["verdict"] == "ERROR" and res["reason"].startswith("checkpoint")
+
+
+def test_invalid_spec_is_an_error_result(tmp_path):
+    sp = tmp_path / "spec.toml"
+    sp.write_text("n_refine = 3\n")
+    p = subprocess.run([sys.executable, "-m", "experiments.stage", "smoke", "--spec", str(sp), "--run-dir",
+                        str(tmp_path / "run")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+    res = read_result(tmp_path / "run")
+    assert p.returncode == 0 and res["verdict"] == "ERROR" and 'did you mean "r_max"' in res["reason"]
+
+
+def test_cli_smoke_and_corpus(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text("init_std = 0.1\n[stages]\nsmoke_steps = 10\nsmoke_overfit_steps = 60\ntest_examples = 200\n")
+    p = subprocess.run([sys.executable, "-m", "agent", "smoke", str(spec), "--run-dir", str(tmp_path / "run")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "PASS" in p.stderr and read_result(tmp_path / "run")["verdict"] == "PASS"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = 3\n")
+    p = subprocess.run([sys.executable, "-m", "agent", "smoke", str(bad)], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "out of range" in p.stderr
+    src = tmp_path / "texts"
+    src.mkdir()
+    for i in range(3):
+        (src / f"d{i}.txt").write_text(f"document {i} " * 200)
+    p = subprocess.run([sys.executable, "-m", "agent", "corpus", "build", str(src), "--out", str(tmp_path / "c")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    man = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert man["documents"] == 3 and {s["split"] for s in man["sources"]} == {"train", "val"}
