@@ -122,28 +122,34 @@ def _status(args) -> int:
         p = r["progress"] or {}
         prog = ""
         if p.get("total"):
-            prog = f" {100 * p.get('done', 0) / p['total']:.0f}%"
+            prog = f" step {p.get('done', 0):.0f}/{p['total']:.0f} ({p.get('pct') or 0:.0f}%)"
+            if p.get("step_s"):
+                prog += f", {p['step_s']:.3g} s/step"
             if p.get("eta_s") is not None:
-                prog += f", ETA {p['eta_s'] / 60:.0f} min"
-        con.print(f"running: job {r['id']} #{r['issue']} {r['kind']} ({r['lane']}), started "
+                prog += f", ETA {_dur(p['eta_s'])}"
+            if p.get("what"):
+                prog += f" · {p['what']}"
+        con.print(f"running: job {r['id']} #{r['issue']} {r.get('stage', r['kind'])} ({r['lane']}), started "
                   f"{_ago(r['started_at'])}{prog}  {r['run_dir'] or ''}")
     if st["queue"]:
         q = Table(title="queue")
-        for col in ("job", "issue", "kind", "lane", "state", "note"):
+        for col in ("job", "issue", "stage", "lane", "state", "note"):
             q.add_column(col)
         for j in st["queue"]:
-            q.add_row(str(j["id"]), str(j["issue"] or "-"), j["kind"], j["lane"], j["state"], j["note"] or "")
+            q.add_row(str(j["id"]), str(j["issue"] or "-"), j.get("stage", j["kind"]), j["lane"], j["state"],
+                      j["note"] or "")
         con.print(q)
     if st["recent"]:
         rt = Table(title="recent results")
-        for col in ("job", "issue", "kind", "state", "verdict", "finished"):
+        for col in ("job", "issue", "stage", "state", "verdict", "finished"):
             rt.add_column(col)
         for j in st["recent"]:
-            rt.add_row(str(j["id"]), str(j["issue"] or "-"), j["kind"], j["state"], j["verdict"] or "",
+            rt.add_row(str(j["id"]), str(j["issue"] or "-"), j.get("stage", j["kind"]), j["state"], j["verdict"] or "",
                        _ago(j["finished_at"]))
         con.print(rt)
     ob, tr = st["outbox"], st["tracker"]
-    con.print(f"outbox: {ob['pending']} pending, {ob['sent']} sent, {ob['dead']} dead")
+    oldest = f" (oldest {_dur(ob['oldest_pending_s'])})" if ob.get("oldest_pending_s") else ""
+    con.print(f"outbox: {ob['pending']} pending{oldest}, {ob['sent']} sent, {ob['dead']} dead")
     for item in ob["dead_items"]:
         con.print(f"  dead: {item['key']}: {item['error']}")
     line = f"tracker: {tr['name']}" + (f" {tr['repo']}" if tr["repo"] else "")
@@ -155,4 +161,20 @@ def _status(args) -> int:
         b = tr["blocked"]
         line += f"; waiting until {time.strftime('%H:%M:%S', time.localtime(b['until']))}: {b['why']}"
     con.print(line)
+    disk = st.get("disk") or {}
+    if disk:
+        low = " — LOW: stages refuse to start" if disk["free_gb"] < disk["min_free_gb"] else ""
+        con.print(f"disk: {disk['free_gb']:.1f} GB free of {disk['total_gb']:.0f} GB at {disk['path']}{low}")
+    pipe = st.get("pipeline") or {}
+    for a in pipe.get("waiting_approval") or []:
+        con.print(f"waiting for a 👍: #{a['issue']} (full training after job {a['job']})")
+    if pipe.get("noise_floor"):
+        con.print("noise floor (σ, points): " + ", ".join(f"{t} {v:.2f}" for t, v in pipe["noise_floor"].items()))
+    if pipe.get("champion"):
+        c = pipe["champion"]
+        con.print(f"champion: {c.get('name')} (#{c.get('issue')}, val loss {c.get('val_loss', 0):.4f})")
     return 0
+
+
+def _dur(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"

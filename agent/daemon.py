@@ -15,6 +15,7 @@ comments through the outbox (keys per job and state, so each is said once).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -160,8 +161,9 @@ class Daemon:
         n = job.issue
         base = f"i{n}/j{job.id}/{job.payload.get('stage', job.kind)}"
         assert n is not None
-        if job.state == State.RUNNING:
-            self.outbox.status(n, f"{base}/status-running", "running")
+        if job.state == State.RUNNING:  # per attempt, so a retried stage shows running again
+            self.outbox.status(n, f"{base}/status-running" + (f"-a{job.attempt}" if job.attempt > 1 else ""),
+                               "running")
         elif job.state in (State.SUCCEEDED, State.FAILED) and "stage" in job.payload:
             return
         elif job.state == State.SUCCEEDED:
@@ -200,27 +202,56 @@ class Daemon:
 
     # ------------------------------------------------------------------ --once
     def once(self) -> dict:
-        """Poll, drain what is runnable, deliver the outbox; GitHub waits are bounded by once_timeout_s."""
+        """Poll, drain what is runnable, deliver the outbox; GitHub waits are bounded by once_timeout_s.
+        SIGINT/SIGTERM (a Ctrl-C) stop it as they stop serve(): warm, then cold; the children are
+        never left running behind it."""
         start = time.time()
         deadline = start + self.settings.daemon.once_timeout_s
-        rep = self.poll()
-        while True:  # drain: until the worker neither starts nor runs anything
-            did = self.work(time.time())
+        with self._stop_signals():
+            rep = self.poll()
+            while True:  # drain: until the worker neither starts nor runs anything
+                did = self.work(time.time())
+                if self.stop_event.is_set():
+                    self._stop_worker()  # a child started in the same step as the signal
+                elif self.github_note is None and time.time() < deadline:
+                    self.deliver(deadline=min(deadline, time.time() + 5), max_items=20)
+                if not did and not self.worker.busy:
+                    break
+                if not did:
+                    self.store.wait_for_work(0.05)
+            if self.stop_event.is_set():  # stopped: what is left to say waits in the outbox
+                deadline = min(deadline, time.time() + 2)
             if self.github_note is None and time.time() < deadline:
-                self.deliver(deadline=min(deadline, time.time() + 5), max_items=20)
-            if not did and not self.worker.busy:
-                break
-            if not did:
-                self.store.wait_for_work(0.05)
-        if self.github_note is None:
-            self.deliver(deadline=deadline)
-        self.report()
-        if self.github_note is None and time.time() < deadline:
-            self.deliver(deadline=deadline)
+                self.deliver(deadline=deadline)
+            self.report()
+            if self.github_note is None and time.time() < deadline:
+                self.deliver(deadline=deadline)
         counts = self.outbox_store.counts()
         return {"changed": rep.changed, "decisions": rep.decisions, "requests": rep.requests,
                 "not_modified": rep.not_modified, "outbox_pending": counts["pending"], "outbox_dead": counts["dead"],
                 "github": self.github_note, "wall_s": round(time.time() - start, 2)}
+
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """SIGINT/SIGTERM → _signal while inside (main thread only); the previous handlers after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        before = {sig: signal.signal(sig, self._signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+    def _stop_worker(self) -> None:
+        """Apply the stop asked for (warm after one signal, cold after two) to every child (idempotent)."""
+        if self._worker is None:
+            return
+        if self.stops <= 1:
+            self._worker.warm_stop()
+        elif self._worker.stopping != "cold":
+            self._worker.cold_stop()
 
     # ------------------------------------------------------------------ the service
     def _poll_job(self) -> None:
@@ -298,11 +329,7 @@ class Daemon:
         if worker is None or not worker.busy:
             return 0
         running = len(worker.children)
-        # again: a child launched while the signal handler ran is not signalled yet (idempotent)
-        if self.stops <= 1:
-            worker.warm_stop()
-        else:
-            worker.cold_stop()
+        self._stop_worker()  # again: a child launched while the signal handler ran is not signalled yet
         watchdog = self._watchdog or sdnotify.Watchdog(enabled=False)
         budget = self.settings.daemon.stop_timeout_s
         start = self.stop_requested_at or time.time()
@@ -373,36 +400,70 @@ def notify_reload() -> None:
     sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
 
+def _progress_of(run_dir: str | None, now: float) -> dict:
+    """A running job's progress from its run_dir/progress.json, with the ETA from its own measured step time."""
+    import json
+    import os
+    from pathlib import Path
+
+    if not run_dir:
+        return {}
+    path = Path(run_dir) / "progress.json"
+    try:
+        p = json.loads(path.read_text())
+        age = now - os.stat(path).st_mtime
+    except (OSError, ValueError):
+        return {}
+    done, total, el = p.get("done") or 0, p.get("total") or 0, p.get("elapsed_s") or 0
+    step_s = el / done if done else None
+    eta = p.get("eta_s")
+    if eta is None and step_s is not None and total:
+        eta = step_s * (total - done)
+    return {**p, "pct": round(100 * done / total, 1) if total else None, "step_s": step_s, "eta_s": eta,
+            "updated_s_ago": round(age, 1)}
+
+
 def status(settings: config.Settings, store: Store | None = None) -> dict:
     """Everything `refinery status` shows, as JSON-able data (no network: GitHub state from the database)."""
-    import json
-    from pathlib import Path
+    import shutil
+
+    from agent.outbox import runs_dir
 
     store = store or Store(settings)
     kv, ob = KeyValue(store.engine), OutboxStore(store.engine)
+    now = time.time()
     running = []
     for j in store.list(state="running", limit=20):
-        prog = {}
-        if j.run_dir and (Path(j.run_dir) / "progress.json").exists():
-            try:
-                prog = json.loads((Path(j.run_dir) / "progress.json").read_text())
-            except (OSError, ValueError):
-                prog = {}
-        running.append({"id": j.id, "issue": j.issue, "kind": j.kind, "lane": str(j.lane),
-                        "started_at": j.started_at, "run_dir": j.run_dir, "progress": prog})
-    queued = [{"id": j.id, "issue": j.issue, "kind": j.kind, "lane": str(j.lane), "state": str(j.state),
-               "note": j.note} for s in ("queued", "blocked", "retrying") for j in store.list(state=s, limit=50)]
+        running.append({"id": j.id, "issue": j.issue, "kind": j.kind, "stage": j.payload.get("stage", j.kind),
+                        "lane": str(j.lane), "attempt": j.tries, "started_at": j.started_at, "run_dir": j.run_dir,
+                        "progress": _progress_of(j.run_dir, now)})
+    queued = [{"id": j.id, "issue": j.issue, "kind": j.kind, "stage": j.payload.get("stage", j.kind),
+               "lane": str(j.lane), "state": str(j.state), "note": j.note}
+              for s in ("queued", "blocked", "retrying") for j in store.list(state=s, limit=50)]
     recent = sorted([j for s in ("succeeded", "failed", "cancelled") for j in store.list(state=s, limit=10)],
                     key=lambda j: j.finished_at or 0, reverse=True)[:10]
     counts = ob.counts()
+    pending = ob.items(state="pending", limit=1)
+    rd = runs_dir(settings)
+    probe = rd if rd.exists() else config.ROOT
+    disk = shutil.disk_usage(probe)
+    approvals = [kv.get(k) for k in kv.keys("approval:")]
     return {
         "lanes": store.counts(),
         "running": running,
         "queue": sorted(queued, key=lambda q: q["id"]),
-        "recent": [{"id": j.id, "issue": j.issue, "kind": j.kind, "state": str(j.state),
-                    "verdict": (j.result or {}).get("verdict"), "finished_at": j.finished_at} for j in recent],
+        "recent": [{"id": j.id, "issue": j.issue, "kind": j.kind, "stage": j.payload.get("stage", j.kind),
+                    "state": str(j.state), "verdict": (j.result or {}).get("verdict"),
+                    "reason": ((j.result or {}).get("reason") or j.error or "")[:200],
+                    "finished_at": j.finished_at} for j in recent],
         "outbox": {"pending": counts["pending"], "sent": counts["sent"], "dead": counts["dead"],
+                   "oldest_pending_s": round(now - pending[0].created_at, 1) if pending else None,
                    "dead_items": [{"key": i.key, "error": i.last_error} for i in ob.items(state="dead", limit=10)]},
         "tracker": {"name": settings.daemon.tracker, "repo": settings.daemon.github_repo or None,
                     "rate": kv.get("github.rate"), "blocked": kv.get("github.blocked")},
+        "disk": {"path": str(probe), "free_gb": round(disk.free / 1e9, 2), "total_gb": round(disk.total / 1e9, 2),
+                 "min_free_gb": settings.hardware.min_free_disk_gb},
+        "pipeline": {"waiting_approval": [{"issue": a["issue"], "job": a["job"]} for a in approvals
+                                          if a and not a.get("done")],
+                     "noise_floor": kv.get("noise-floor"), "champion": kv.get("champion")},
     }

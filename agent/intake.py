@@ -227,11 +227,21 @@ class Intake:
         job = self.store.enqueue(n, "smoke", lane, payload, key=f"spec-{spec_key}")
         if held:
             self.store.hold_issue(n)
+        self._graveyard_check(n, spec_key, res.spec)
         self.outbox.comment(n, f"i{n}/j{job.id}/smoke/queued", queued_comment(issue, job.id, lane, res, held))
         self.outbox.status(n, f"i{n}/j{job.id}/smoke/status-queued", "queued")
         self.memory.put(n, status="enqueued", body_hash=h, spec_key=spec_key)
         log.info("intake: #%d → smoke job %d on %s", n, job.id, lane)
         return "enqueued"
+
+    def _graveyard_check(self, n: int, spec_key: str, spec: dict) -> None:
+        """Comment when the idea resembles a killed one (agent/graveyard.py); it still runs."""
+        from agent import graveyard
+        from jobqueue.outbox import KeyValue
+
+        note = graveyard.note_for(self.settings, KeyValue(self.store.engine), n, spec)
+        if note:
+            self.outbox.comment(n, f"i{n}/spec-{spec_key}/graveyard", note)
 
     def _agent_item(self, issue: Issue, types: list[str], h: str, held: bool) -> str:
         n = issue.number
@@ -248,9 +258,12 @@ class Intake:
         return "agent item"
 
 
+STAGE_MODULE = "experiments.stage"  # the stage entry point (the pipeline tests put a scripted stand-in here)
+
+
 def stage_argv(stage: str, spec_file: str) -> list[str]:
     """The child's command line; the runner substitutes {run_dir} and {job_id}."""
-    return [sys.executable, "-m", "experiments.stage", stage, "--spec", spec_file,
+    return [sys.executable, "-m", STAGE_MODULE, stage, "--spec", spec_file,
             "--run-dir", "{run_dir}", "--job-id", "{job_id}"]
 
 

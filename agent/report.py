@@ -72,7 +72,10 @@ def evidence_table(result: dict[str, Any]) -> str:
     if isinstance(tasks, dict) and tasks:
         rows = ["| task | role | candidate per seed | control per seed | Δ [95% CI] | MW p | Holm p | "
                 "P(cand > ctrl) | clears |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for name, t in tasks.items():
+        order = sorted(tasks, key=lambda k: (not (isinstance(tasks[k], dict) and "clears" in tasks[k]),
+                                             list(tasks).index(k)))  # depth tasks first, the control last
+        for name in order:
+            t = tasks[name]
             if not isinstance(t, dict) or "delta" not in t:
                 continue
             ci = t.get("delta_ci") or [None, None]
@@ -109,10 +112,11 @@ def evidence_table(result: dict[str, Any]) -> str:
     return ""
 
 
-def deltas_of(result: dict[str, Any]) -> dict[str, float]:
-    """{task: Δ} of an ablation-like result (depth and control tasks)."""
+def deltas_of(result: dict[str, Any], depth_only: bool = True) -> dict[str, float]:
+    """{task: Δ} of an ablation-like result (the depth tasks: the gate marks them with `clears`)."""
     tasks = (result.get("evidence") or {}).get("tasks") or {}
-    return {t: float(v["delta"]) for t, v in tasks.items() if isinstance(v, dict) and v.get("delta") is not None}
+    return {t: float(v["delta"]) for t, v in tasks.items() if isinstance(v, dict) and v.get("delta") is not None
+            and (not depth_only or "clears" in v)}
 
 
 def noise_line(noise: dict[str, float] | None) -> str:
@@ -162,9 +166,21 @@ def _code(result: dict[str, Any]) -> str:
     return sha[:12] + (" (dirty tree)" if run.get("dirty") else "")
 
 
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return json.dumps(str(v))
+
+
 def _spec_block(spec: dict) -> str:
-    return ("<details><summary>Effective spec</summary>\n\n```json\n"
-            + json.dumps(spec, indent=1, sort_keys=True, default=str) + "\n```\n</details>")
+    return ("<details><summary>Effective spec</summary>\n\n```toml\n"
+            + "\n".join(f"{k} = {toml_value(v)}" for k, v in spec.items()) + "\n```\n</details>")
 
 
 def result_comment(*, issue: int, stage: str, job_id: int, result: dict[str, Any], spec: dict, prereg: dict | None,
@@ -184,7 +200,7 @@ def result_comment(*, issue: int, stage: str, job_id: int, result: dict[str, Any
     if noise:
         lines += [noise_line(noise), ""]
     score = prereg_score(prereg, result)
-    if score and stage != "smoke":
+    if score and stage in ("ablation", "extend", "replication"):  # the stages that measure the prediction
         lines += [score, ""]
     lines += [ledger_table(ledger), "", f"**Next.** {next_step}", ""]
     if plots:
@@ -290,6 +306,8 @@ def registry_card(*, name: str, date: str, issue: int, spec: dict, result: dict[
     metrics = {k: ev.get(k) for k in ("mean_candidate", "mean_control", "loss_gap", "val_loss_candidate",
                                       "val_loss_control", "depth_curve_r", "depth_curve_mean") if k in ev}
     flat = {k: v for k, v in spec.items() if k in config.FIELD_SECTION}
+    archived = (f"{archive_dir} (the cold tier, checksummed)" if archive_dir else
+                "no archive tier configured (REFINERY_ARCHIVE_DIR); the run directory is the only copy")
     return "\n".join([
         f"# {name}", "", f"Champion since {date}, from issue #{issue}: validation loss "
         f"{ev.get('mean_candidate', float('nan')):.4f} nats (control {ev.get('mean_control', float('nan')):.4f})."
@@ -300,8 +318,7 @@ def registry_card(*, name: str, date: str, issue: int, spec: dict, result: dict[
         *[f"- {split}.bin sha256: `{h}`" for split, h in sorted((man.get("bin_sha256") or {}).items())], "",
         "## Metrics", "", "```json", json.dumps(metrics, indent=1, sort_keys=True, default=str), "```", "",
         "## Weights", "", f"- checkpoint: `{ckpt}`", f"- state.pt sha256: `{sha}`",
-        f"- archived copy: {archive_dir + ' (the cold tier; checksummed)' if archive_dir else 'no archive tier '
-                               'configured (REFINERY_ARCHIVE_DIR); the run directory is the only copy'}", "",
+        f"- archived copy: {archived}", "",
         "## Load", "", "```python", "import config",
         "from refiner_model.checkpoint import load_checkpoint", "from refiner_model.model import build_model", "",
         "settings = config.load().replace(CONFIG)  # CONFIG: the JSON above",
@@ -342,7 +359,8 @@ class DocsWriter:
         """files: {path relative to docs_dir: content}. Files whose content is already there are skipped
         (so doing a step again never makes an empty commit). Returns the absolute paths written."""
         self.root.mkdir(parents=True, exist_ok=True)
-        files = {k: v for k, v in files.items() if not ((self.root / k).is_file() and (self.root / k).read_bytes() == v)}
+        files = {k: v for k, v in files.items()
+                 if not ((self.root / k).is_file() and (self.root / k).read_bytes() == v)}
         self.last_sha = None
         if not files:
             return []
@@ -379,8 +397,8 @@ class DocsWriter:
             text = text.rstrip("\n") + "\n\n## Graveyard\n\n"
         start = text.index("## Graveyard")
         nxt = re.search(r"^## ", text[start + 3:], re.MULTILINE)
-        if nxt is None:  # the graveyard is the last section: append at the end
-            return (text.rstrip("\n") + "\n" + line).encode()
+        if nxt is None:  # the graveyard is the last section: append at the end, the rest byte for byte
+            return (text + ("" if text.endswith("\n") else "\n") + line).encode()
         end = start + 3 + nxt.start()  # insert after the section's last line, before the next heading
         body = text[:end].rstrip("\n")
         return (body + "\n" + line + "\n" + text[end:]).encode()

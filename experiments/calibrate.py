@@ -50,13 +50,15 @@ def pool_from_run(run_dir: Path, arm: str = "candidate") -> tuple[Settings, dict
     """The settings and per-seed results of a finished ablation run (done.jsonl): real runs to resample."""
     doc = json.loads((run_dir / "config.json").read_text())
     keep = {k: v for k, v in doc["spec"].items() if k in config.FIELD_SECTION}
-    s = config.load().replace(keep, source=f"run {run_dir.name}")
     pool: dict[str, dict[str, list[dict]]] = {}
+    arch = None
     for line in (run_dir / "done.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec["arm"] == arm:
+            arch = rec["arch"]
             pool.setdefault(rec["task"], {}).setdefault("normal", []).append(
                 {"task": rec["task"], "seed": rec["seed"], **rec["acc"], "curve": rec["curve"]})
+    s = config.load().replace({**keep, **({"arch": arch} if arch else {})}, source=f"run {run_dir.name}")
     return s, pool
 
 
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="resampled ablations per simulation")
     ap.add_argument("--real-aa", type=int, default=0, help="genuine A/A ablations from fresh runs (expensive)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arm", default="candidate", choices=("candidate", "control"),
+                    help="with --from-run: whose runs form the A/A pool")
     ap.add_argument("--from-run", help="reuse a finished ablation run's candidate arm as the pool (A/A from its "
                     "seeds); the positive control's crippled arm then trains a quarter of the steps")
     args = ap.parse_args(argv)
@@ -182,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.from_run:
-        s, pool = pool_from_run(Path(args.from_run))
-        s = s.replace({"bootstrap_resamples": 2000}, source="calibrate")
+        s, pool = pool_from_run(Path(args.from_run), args.arm)
+        s = s.replace({"bootstrap_resamples": 2000,  # fewer depth tasks than the rule's u: the one-task form
+                       "pass_min_tasks": min(s.gate.pass_min_tasks, len(s.stages.tasks))}, source="calibrate")
         steps = s.stages.ablation_steps
         seeds = sorted({r["seed"] for t in pool.values() for r in t["normal"]})
         n_pool = len(seeds)
@@ -210,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     real = real_aa(s, args.real_aa, steps) if args.real_aa else None
     figures = {
         "method": "rule simulated on ablations resampled (with replacement) from a pool of real tiny runs",
-        "pool_source": args.from_run or "trained by calibrate",
+        "pool_source": (f"{args.from_run} ({args.arm} arm)" if args.from_run else "trained by calibrate"),
+        "pass_min_tasks_used": s.gate.pass_min_tasks, "arch": s.model.arch,
         "pool_seeds": n_pool, "pool_runs": sum(len(v) for t in pool.values() for v in t.values()),
         "pool_steps": steps, "pool_wall_s": round(pool_s, 1), "tasks": list(pool),
         "aa": aa, "positive_control": {**pos, "crippled_by": cripple,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import math
 import signal
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 from config import RefineryError, Settings
 from experiments.runs import Run
-from experiments.spec import SpecResult, parse_spec
+from experiments.spec import SpecError, SpecResult, parse_spec
 
 STAGES = ("smoke", "ablation", "replication", "full")
 EX_TEMPFAIL = 75
@@ -85,8 +84,7 @@ def load_spec(path: str | Path | None, base: Settings | None = None) -> tuple[Sp
         except tomllib.TOMLDecodeError:
             res = parse_spec("", base=base)
             res.ok = False
-            res.errors.append(__import__("experiments.spec", fromlist=["x"]).SpecError(None, "spec", "not a flat "
-                              "dict of config keys", "write {\"key\": value, ...}"))
+            res.errors.append(SpecError(None, "spec", "not a flat dict of config keys", 'write {"key": value, ...}'))
     if res.prereg is None and isinstance(extra.get("prereg"), dict):
         res.prereg = extra["prereg"]
     return res, extra
@@ -213,10 +211,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def seeds_for(ctx: Ctx, n: int, offset: int = 0) -> list[int]:
     return [ctx.seed_base + offset + i for i in range(n)]
-
-
-def fmt_points(x: float) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
 
 
 if __name__ == "__main__":

@@ -227,6 +227,23 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 # --------------------------------------------------------------------------- report
+def fsync_ms(directory: Path, n: int = 50) -> float:
+    """Median fdatasync of a 4 KiB write here: what a durable commit costs on this disk right now."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    ts = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 4096)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            ts.append((time.perf_counter() - t) * 1000.0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(ts)
+
+
 def device() -> str:
     cpu = ""
     try:
@@ -268,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             pg = None
     backends = ["sqlite"] + (["pg"] if pg else [])
     reps = 1 if a.quick else 3
-    n_jobs = {"sqlite": 2000 if a.quick else 20000, "pg": 1000 if a.quick else 8000}
-    n_enq = {"sqlite": 1000 if a.quick else 5000, "pg": 500 if a.quick else 3000}
+    n_jobs = {"sqlite": 2000 if a.quick else 10000, "pg": 1000 if a.quick else 4000}
+    n_enq = {"sqlite": 1000 if a.quick else 4000, "pg": 500 if a.quick else 2000}
     counts = (1, 4) if a.quick else WORKER_COUNTS
     idle_s, idle_n, active_n = (10.0, 1, 100) if a.quick else (300.0, 1, 400)
 
@@ -280,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                      "sqlite_synchronous": settings.queue.sqlite_synchronous, "idle_s": idle_s, "repeats": reps,
                      "jobs_per_drain": n_jobs}
     t_start = time.time()
+    figures["loadavg_start"] = os.getloadavg()  # the machine is shared: say how busy it was
+    figures["fsync_ms_p50_start"] = fsync_ms(dbs.tmp)
     try:
         lat_threads, lat_out = [], {}
         for b in backends:
@@ -308,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         dbs.close()
     figures.update(tally)
     figures["wall_s"] = round(time.time() - t_start, 1)
+    figures["loadavg_end"] = os.getloadavg()
+    figures["fsync_ms_p50_end"] = fsync_ms(Path(tempfile.gettempdir()))
 
     def p50(b: str) -> float:  # the worse of "right after activity" and "after idle"
         lat = figures["latency"][b]
@@ -347,11 +368,12 @@ def _print(doc: dict) -> None:
 
     f = doc["figures"]
     con = Console()
-    t = Table(title=f"jobqueue bench — {doc['device']}")
-    for c in ("figure", *f["claims_per_s"].keys()):
+    t = Table(title=f"jobqueue bench (jobs/s) — {doc['device']}")
+    names = ("claims_per_s", "claims_per_s_separate", "claims_per_s_batch10", "enqueue_per_s")
+    for c in ("backend_workers", "claims merged", "claims separate", "claims batch10", "enqueue"):
         t.add_column(c, justify="right")
-    for name in ("claims_per_s", "claims_per_s_separate", "claims_per_s_batch10", "enqueue_per_s"):
-        t.add_row(name, *(f"{v:,.0f}" for v in f[name].values()))
+    for key in f["claims_per_s"]:
+        t.add_row(key, *(f"{f[n][key]:,.0f}" for n in names))
     con.print(t)
     lt = Table(title="enqueue → start (ms)")
     for c in ("backend", "active p50", "active p99", "idle p50", "idle p99", "idle n"):
@@ -366,6 +388,9 @@ def _print(doc: dict) -> None:
     for x in doc["targets"]:
         tt.add_row(x["name"], f"{x['value']:,.2f}", f"{x['op']} {x['target']}", x["unit"], "yes" if x["met"] else "NO")
     con.print(tt)
+    con.print(f"load average {f['loadavg_start'][0]:.1f} → {f['loadavg_end'][0]:.1f}; fdatasync p50 "
+              f"{f['fsync_ms_p50_start']:.2f} → {f['fsync_ms_p50_end']:.2f} ms; SQLite synchronous="
+              f"{f['sqlite_synchronous']}; {doc['notes']}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ ROOT = config.ROOT
 
 
 def queue_env(db_url: str, tmp_path: Path, **over: str) -> dict[str, str]:
-    """REFINERY_* settings for a test: short leases and heartbeats, no back-off, runs under tmp_path."""
-    env = {"REFINERY_DB_URL": db_url, "REFINERY_RUNS_DIR": str(tmp_path / "runs"), "REFINERY_LEASE_S": "2",
+    """REFINERY_* settings for a test: fast heartbeats (a 10 s lease survives a loaded machine), no back-off,
+    runs under tmp_path; tests of lease expiry pass a short lease_s."""
+    env = {"REFINERY_DB_URL": db_url, "REFINERY_RUNS_DIR": str(tmp_path / "runs"), "REFINERY_LEASE_S": "10",
            "REFINERY_HEARTBEAT_S": "0.3", "REFINERY_RETRY_BACKOFF_S": "0", "REFINERY_CANCEL_GRACE_S": "1",
            "REFINERY_CPU_WORKERS": "2", "REFINERY_HOST_NAME": "testhost", "REFINERY_GPU_DEVICES": "0",
            "REFINERY_RESUME_BACKOFF_S": "0", "REFINERY_AGENT_LEASE_S": "2"}

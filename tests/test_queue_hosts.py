@@ -57,7 +57,7 @@ def test_two_hosts_share_one_queue(pg_url, tmp_path):
 
 
 def test_a_dead_hosts_job_is_taken_over_after_its_lease_expires(pg_url, tmp_path):
-    envs = {h: queue_env(pg_url, tmp_path / h, host_name=h, cpu_workers=1) for h in ("hostA", "hostB")}
+    envs = {h: queue_env(pg_url, tmp_path / h, host_name=h, cpu_workers=1, lease_s=3) for h in ("hostA", "hostB")}
     store = Store(settings_for(envs["hostB"]))
     pidfile = tmp_path / "child.json"
     job = store.enqueue(None, "task", "cpu", {"argv": child_argv("--pidfile", str(pidfile), "--block-attempts", "1")})
@@ -80,5 +80,5 @@ def test_a_dead_hosts_job_is_taken_over_after_its_lease_expires(pg_url, tmp_path
     j = store.get(job.id)
     assert j.owner_host == "hostB" and j.attempt == 2
     takeover = next(e for e in store.events(job.id) if e.from_state == "running" and e.to_state == "queued")
-    assert "expired" in takeover.message and takeover.at >= lease_until > died - 2.5
+    assert "expired" in takeover.message and takeover.at >= lease_until > died - 3.5
     store.close()

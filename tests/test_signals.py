@@ -32,6 +32,7 @@ from experiments import corpus
 from jobqueue.local_tracker import LocalIssues
 from jobqueue.store import Store
 from tests.agent_support import TOKEN, env_for, gh, settings_for, wait_for  # noqa: F401
+from tests.signals_support import DaemonProc, alive, group_members, kill_leftovers, proc_env
 
 # The tiny full stage: r50k vocabulary (the corpus is real text), one seed, two arms of FULL_STEPS each.
 FULL_SPEC = {"init_std": 0.1, "stage_threads": 1, "test_examples": 200, "full_seeds": 1, "ckpt_every": 1000,
@@ -39,6 +40,7 @@ FULL_SPEC = {"init_std": 0.1, "stage_threads": 1, "test_examples": 200, "full_se
              "r_max": 2, "r_mean": 2}
 FULL_STEPS = 60
 STOP_AFTER = 20  # steps done before the stop signal, so the checkpoint is well past step 0
+WRITE_RESULT = [sys.executable, "-c", "import os; open(os.environ['QUEUE_RUN_DIR'] + '/result.json', 'w').write('{}')"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -49,74 +51,12 @@ def corpus_dir(tmp_path_factory):
     return out
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is `pgid`."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(d.name))
-    return out
-
-
-def proc_env(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(x.split("=", 1) for x in raw.decode(errors="replace").split("\0") if "=" in x)
-
-
-def kill_leftovers(runs: Path) -> None:
-    """SIGKILL any process group still working for this test's runs directory (children of a daemon we
-    killed outlive it in their own sessions until a next daemon recovers them)."""
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if proc_env(int(d.name)).get("QUEUE_RUN_DIR", "").startswith(str(runs)):
-                    os.killpg(int(d.name), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-
-
-class DaemonProc:
-    """`python -m agent daemon` with its output in a file we can read while it runs."""
-
-    def __init__(self, env: dict, log: Path):
-        self.log = log
-        self.f = open(log, "a")
-        self.p = subprocess.Popen([sys.executable, "-m", "agent", "daemon"], env=env, cwd=config.ROOT,
-                                  stdin=subprocess.DEVNULL, stdout=self.f, stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def signal(self, sig: int) -> float:
-        self.p.send_signal(sig)
-        return time.monotonic()
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.p.wait(timeout)
-        finally:
-            self.f.close()
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(10)
-        self.f.close()
-
-
 def full_job_env(tmp_path: Path, sqlite_url: str, corpus_dir: Path, steps: int = FULL_STEPS,
                  launcher: tuple = (), **over):
     """Settings, daemon environment and a queued full-stage job (gpu lane, as in production) on a local issue;
     `launcher`: a command line the stage's own is appended to."""
     s = settings_for(sqlite_url, tmp_path, gpu_devices="0", cpu_workers=1, poll_interval=30.0, **over)
-    env = env_for(s, REFINERY_DOCS_DIR=str(tmp_path / "docs"), CREDENTIALS_DIRECTORY=str(tmp_path / "creds"),
-                  REFINERY_CANCEL_GRACE_S="60")
+    env = env_for(s, REFINERY_DOCS_DIR=str(tmp_path / "docs"), CREDENTIALS_DIRECTORY=str(tmp_path / "creds"))
     spec = {**FULL_SPEC, "corpus_dir": str(corpus_dir), "full_steps": steps}
     spec_file = tmp_path / "runs" / "specs" / "full.json"
     spec_file.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +67,13 @@ def full_job_env(tmp_path: Path, sqlite_url: str, corpus_dir: Path, steps: int =
                "spec": spec, "title": "a full run to stop"}
     job = store.enqueue(n, "full", "gpu", payload, key="full")
     return s, env, store, job
+
+
+def _stamp(log: str, pattern: str) -> float:
+    """The time of the first daemon log line matching `pattern` (logging's asctime, ms resolution)."""
+    m = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*" + pattern, log, re.M)
+    assert m, pattern
+    return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
 
 
 def progress(job_run_dir: str | None) -> float:
@@ -147,7 +94,7 @@ def test_warm_stop_checkpoints_requeues_and_the_restart_resumes(tmp_path, sqlite
     s, env, store, job = full_job_env(tmp_path, sqlite_url, corpus_dir)
     d = DaemonProc(env, tmp_path / "daemon1.log")
     try:
-        running = wait_for(lambda: running_with_progress(store, job.id, STOP_AFTER), timeout=180, step=0.2,
+        running = wait_for(lambda: d.check(running_with_progress(store, job.id, STOP_AFTER)), timeout=180, step=0.2,
                            what="the full stage to train a few steps")
         child = running.child_pid
         # item 6 of the issue, on the real stage child: no token or credentials, a process group of its own
@@ -156,7 +103,7 @@ def test_warm_stop_checkpoints_requeues_and_the_restart_resumes(tmp_path, sqlite
         assert os.getpgid(child) == child and os.getpgid(child) != os.getpgid(d.p.pid)
         t0 = d.signal(signal.SIGTERM)
         time.sleep(0.3)
-        late = store.enqueue(None, "task", "cpu", {"argv": [sys.executable, "-c", "pass"]}, key="late")
+        late = store.enqueue(None, "task", "cpu", {"argv": WRITE_RESULT}, key="late")
         assert d.wait(120) == 0, d.text()
         warm_s = time.monotonic() - t0
         print(f"\nwarm stop of a running full-stage job: {warm_s:.2f} s from SIGTERM to daemon exit")
@@ -167,7 +114,10 @@ def test_warm_stop_checkpoints_requeues_and_the_restart_resumes(tmp_path, sqlite
     assert TOKEN not in out
     m = re.search(r"stopped \(warm\) in ([\d.]+) s after the signal; 1 job\(s\) were running", out)
     assert m, out
-    print(f"the daemon's own measure: {m.group(1)} s")
+    stamps = {what: _stamp(out, pattern) for what, pattern in (("signal", r"signal 15: warm stop"),
+                                                               ("reaped", rf"job {job.id} stopped"))}
+    print(f"the daemon's own measure: {m.group(1)} s (signal → child exited 75 and reaped: "
+          f"{stamps['reaped'] - stamps['signal']:.2f} s; then requeue and exit)")
     j = store.get(job.id)
     assert j.state == "queued" and j.tries == 0 and j.resumes == 1 and j.attempt == 1, j
     assert not group_members(child)
@@ -180,7 +130,7 @@ def test_warm_stop_checkpoints_requeues_and_the_restart_resumes(tmp_path, sqlite
 
     d = DaemonProc(env, tmp_path / "daemon2.log")
     try:
-        done = wait_for(lambda: store.get(job.id).state in ("succeeded", "failed") and store.get(job.id),
+        done = wait_for(lambda: d.check(store.get(job.id).state in ("succeeded", "failed") and store.get(job.id)),
                         timeout=300, step=0.5, what="the resumed job to finish")
         wait_for(lambda: store.get(late.id).state == "succeeded", timeout=60, what="the late job")
         t0 = d.signal(signal.SIGTERM)
@@ -217,7 +167,7 @@ def test_second_signal_kills_the_childs_process_group_and_requeues(tmp_path, sql
                                       launcher=(sys.executable, "-c", HELPER_THEN_STAGE))
     d = DaemonProc(env, tmp_path / "daemon.log")
     try:
-        running = wait_for(lambda: running_with_progress(store, job.id, 1), timeout=180, step=0.2,
+        running = wait_for(lambda: d.check(running_with_progress(store, job.id, 1)), timeout=180, step=0.2,
                            what="the full stage to start training")
         child = running.child_pid
         helper = int((Path(running.run_dir) / "helper.pid").read_text())
@@ -239,8 +189,47 @@ def test_second_signal_kills_the_childs_process_group_and_requeues(tmp_path, sql
     j = store.get(job.id)
     assert j.state == "queued" and j.tries == 0 and j.resumes == 1, j
     assert "SIGKILL" in (j.note or ""), j.note
-    with pytest.raises(ProcessLookupError):
-        os.kill(helper, 0)
+    assert not alive(helper)  # the helper that ignored SIGTERM went with its group
+    store.close()
+
+
+# --------------------------------------------------------------------------- `daemon --once` and Ctrl-C
+POLITE = ("import os, signal, sys, time; "  # a stage-like child: SIGTERM → 'checkpoint' and exit 75
+          "signal.signal(signal.SIGTERM, lambda *a: (open(os.environ['QUEUE_RUN_DIR'] + '/stopped', 'w'), "
+          "os._exit(75))); open(os.environ['QUEUE_RUN_DIR'] + '/started', 'w'); time.sleep(60)")
+STUBBORN = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "open(os.environ['QUEUE_RUN_DIR'] + '/started', 'w'); time.sleep(60)")
+
+
+@pytest.mark.parametrize("child, signals", [(POLITE, 1), (STUBBORN, 2)], ids=["warm", "cold"])
+def test_ctrl_c_stops_daemon_once_without_leaving_its_child(tmp_path, sqlite_url, child, signals):
+    s = settings_for(sqlite_url, tmp_path, gpu_devices="", cpu_workers=1)
+    store = Store(s)
+    job = store.enqueue(None, "task", "cpu", {"argv": [sys.executable, "-c", child]}, key="long")
+    log = tmp_path / "once.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "agent", "daemon", "--once"], env=env_for(s), cwd=config.ROOT,
+                             stdout=f, stderr=subprocess.STDOUT)
+    try:
+        j = wait_for(lambda: (store.get(job.id).run_dir and (Path(store.get(job.id).run_dir) / "started").exists()
+                              and store.get(job.id)), timeout=30, what="the child to start")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        if signals == 2:
+            time.sleep(1.0)
+            assert p.poll() is None  # the warm stop waits for a child that ignores SIGTERM
+            p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0, log.read_text()
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        kill_leftovers(tmp_path / "runs")
+    assert not group_members(j.child_pid) and took < 10
+    after = store.get(job.id)
+    assert after.state == "queued" and after.tries == 0, after
+    assert (Path(j.run_dir) / "stopped").exists() == (signals == 1)
+    assert ("warm stop" if signals == 1 else "cold stop") in log.read_text()
     store.close()
 
 
@@ -259,7 +248,7 @@ def test_sighup_reloads_the_env_file(gh, tmp_path, sqlite_url):  # noqa: F811
                    tmp_path / "daemon.log")
     store = Store(s)
     try:
-        wait_for(lambda: gh.comments_of(stranger), timeout=30, what="the first poll's answer to the bot")
+        wait_for(lambda: d.check(gh.comments_of(stranger)), timeout=30, what="the first poll's answer to the bot")
         assert "write access" in gh.comments_of(stranger)[0]["body"]
         time.sleep(1.0)
         assert len(_polls(gh)) == 1  # every 30 s: no second poll yet

@@ -197,3 +197,22 @@ def test_cli_smoke_and_corpus(tmp_path):
     assert p.returncode == 0, p.stderr
     man = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert man["documents"] == 3 and {s["split"] for s in man["sources"]} == {"train", "val"}
+
+
+def test_load_spec_reads_the_intake_json_and_toml(tmp_path):
+    from experiments.spec import parse_spec
+    from experiments.stage import load_spec
+
+    eff = parse_spec('arch = "reasoner"\ninit_std = 2e-05\n[stages]\ntasks = ["khop", "s5"]\n').spec
+    flat = {k: v for k, v in eff.items() if k in config.FIELD_SECTION}
+    doc = {"issue": 12, "title": "t", "given": {"arch": "reasoner"}, "spec": flat, "prereg": {"hypothesis": "h"}}
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    res, extra = load_spec(tmp_path / "s.json")
+    assert res.ok and res.settings.model.arch == "reasoner" and res.settings.stages.tasks == ("khop", "s5")
+    assert res.settings.model.init_std == 2e-05 and extra["issue"] == 12 and res.prereg == {"hypothesis": "h"}
+    (tmp_path / "t.json").write_text(json.dumps({"toml": "r_max = 6\nr_mean = 3\n", "seed_base": 40}))
+    res, extra = load_spec(tmp_path / "t.json")
+    assert res.ok and res.settings.model.r_max == 6 and extra["seed_base"] == 40
+    (tmp_path / "bad.json").write_text(json.dumps({"spec": {"n_refine": 2}}))
+    res, _ = load_spec(tmp_path / "bad.json")
+    assert not res.ok and res.errors[0].suggestion == 'did you mean "r_max"?'
