@@ -489,33 +489,25 @@ NON_FIELD_ENV = {"REFINERY_PROFILE", "REFINERY_HOME", "REFINERY_ENV_FILE"}
 
 
 def read_env_file(path: str) -> dict[str, str]:
-    """KEY=VALUE lines of an environment file: blank lines and #/; comments skipped, one pair of
-    surrounding quotes removed. Raises ConfigError for a missing file (unless `path` starts with
-    "-") or a line that is not KEY=VALUE."""
-    optional = path.startswith("-")
-    path = path[1:] if optional else path
-    src = f"env:REFINERY_ENV_FILE={path}"
+    """KEY=VALUE lines (blank lines and #/; comments skipped, one pair of surrounding quotes removed).
+    ConfigError for an unreadable file (unless `path` starts with "-") or a line that is not KEY=VALUE."""
+    optional, path = path.startswith("-"), path.removeprefix("-")
+    src, out = f"env:REFINERY_ENV_FILE={path}", {}
     try:
-        text = Path(path).read_text()
+        lines = Path(path).read_text().splitlines()
     except OSError as e:
         if optional:
             return {}
         raise ConfigError([Problem("REFINERY_ENV_FILE", f"cannot read {path}: {e.strerror or e}",
                                    "point it at an existing file, or prefix the path with '-' to allow none",
                                    src)]) from None
-    out: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line[0] in "#;":
-            continue
-        key, eq, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or not key.replace("_", "").isalnum():
+    for n, line in enumerate(map(str.strip, lines), 1):
+        key, eq, value = (x.strip() for x in line.partition("="))
+        if line and line[0] not in "#;" and (not eq or not key.replace("_", "").isalnum()):
             raise ConfigError([Problem("REFINERY_ENV_FILE", f"{path} line {n} is not KEY=VALUE: {line[:60]!r}",
                                        "write one NAME=value per line", src)])
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        out[key] = value
+        if line and line[0] not in "#;":
+            out[key] = value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'" else value
     return out
 
 

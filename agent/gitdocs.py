@@ -32,7 +32,7 @@ def _git(repo: Path, *args: str, env: dict | None = None, input: str | None = No
                           env={**os.environ, **(env or {})}, timeout=60)
     if proc.returncode != 0:
         raise DocsCommitError(f"git {' '.join(args[:2])} failed: {proc.stderr.strip()[-300:]}")
-    return proc.stdout.strip()
+    return proc.stdout.rstrip()
 
 
 def is_repo(path: Path) -> bool:

@@ -1,7 +1,7 @@
 """Chaos: a real daemon against the GitHub-speaking server, faults injected, killed with SIGKILL at random
 moments and restarted, while ideas are filed. Afterwards nothing may be lost and nothing duplicated.
 
-    python -m tests.chaos [--ideas 8] [--kills 6] [--seed 1] [--budget 200] [--dir DIR] [--json PATH]
+    python -m tests.chaos [--ideas 8] [--kills 6] [--seed 1] [--budget 300] [--dir DIR] [--json PATH]
 
 What runs: `python -m agent daemon` (a subprocess, as under systemd) with the github tracker pointed at
 tests/ghserver.py, polling every second, both lanes working (gpu lane through the GPU lock, on the
@@ -76,7 +76,7 @@ class Chaos:
     ideas: int = 8
     kills: int = 6
     seed: int = 1
-    budget_s: float = 200.0  # the whole run, filing to the end of the quiet phase
+    budget_s: float = 300.0  # the whole run, filing to the end of the quiet phase
     workdir: Path | None = None
     kill_gap: tuple = (2.0, 10.0)  # seconds a daemon lives before its SIGKILL
     restart_gap: tuple = (0.0, 2.0)  # seconds before the next one starts (orphans run on meanwhile)
@@ -128,10 +128,11 @@ class Chaos:
         at = sorted(self.rng.uniform(0.0, window) for _ in range(self.ideas))
         kinds = ["pass" if i % 4 == 1 else "fail" for i in range(self.ideas)]  # a quarter go on to an ablation
         self.rng.shuffle(kinds)
-        t0 = time.monotonic()
+        t0, per_kind = time.monotonic(), Counter()
         for i, (t, kind) in enumerate(zip(at, kinds)):
             time.sleep(max(0.0, t0 + t - time.monotonic()))
-            lane = "gpu" if i % 2 else "cpu"
+            lane = ("cpu", "gpu")[per_kind[kind] % 2]  # each kind on both lanes
+            per_kind[kind] += 1
             body = f"Idea {i} ({kind}).\n\n```toml\n{self.common}{SPECS[kind]}```\n"
             n = self.srv.create_issue(f"chaos idea {i} {kind}", body, labels=["ideas", lane], author="alice")
             self.filed[n] = kind
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ideas", type=int, default=8)
     ap.add_argument("--kills", type=int, default=6)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--budget", type=float, default=200.0, help="seconds for the whole run")
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds for the whole run")
     ap.add_argument("--dir", type=Path, help="work directory (default: a new temporary one, kept)")
     ap.add_argument("--json", type=Path, help="write the counts here too")
     a = ap.parse_args(argv)

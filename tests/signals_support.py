@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,3 +90,31 @@ class DaemonProc:
             self.p.kill()
             self.p.wait(10)
         self.f.close()
+
+
+class NotifySocket:
+    """A datagram socket standing where systemd's $NOTIFY_SOCKET would be; collects what arrives."""
+
+    def __init__(self, path: Path):
+        self.path, self.messages = path, []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        time.sleep(0.3)  # the last datagrams
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()

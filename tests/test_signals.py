@@ -32,7 +32,7 @@ from experiments import corpus
 from jobqueue.local_tracker import LocalIssues
 from jobqueue.store import Store
 from tests.agent_support import TOKEN, env_for, gh, settings_for, wait_for  # noqa: F401
-from tests.signals_support import DaemonProc, alive, group_members, kill_leftovers, proc_env
+from tests.signals_support import DaemonProc, NotifySocket, alive, group_members, kill_leftovers, proc_env
 
 # The tiny full stage: r50k vocabulary (the corpus is real text), one seed, two arms of FULL_STEPS each.
 FULL_SPEC = {"init_std": 0.1, "stage_threads": 1, "test_examples": 200, "full_seeds": 1, "ckpt_every": 1000,
@@ -244,8 +244,9 @@ def test_sighup_reloads_the_env_file(gh, tmp_path, sqlite_url):  # noqa: F811
     env_file = tmp_path / "refinery.env"
     env_file.write_text("# settings for the daemon\nREFINERY_POLL_INTERVAL=30\n")
     stranger = gh.create_issue("from a bot", "", labels=["ideas", "gpu"], author="helper-bot")
-    d = DaemonProc(env_for(s, REFINERY_ENV_FILE=str(env_file), REFINERY_DOCS_DIR=str(tmp_path / "docs")),
-                   tmp_path / "daemon.log")
+    notes = NotifySocket(tmp_path / "notify.sock")  # where systemd would listen (Type=notify)
+    d = DaemonProc(env_for(s, REFINERY_ENV_FILE=str(env_file), REFINERY_DOCS_DIR=str(tmp_path / "docs"),
+                           NOTIFY_SOCKET=str(notes.path)), tmp_path / "daemon.log")
     store = Store(s)
     try:
         wait_for(lambda: d.check(gh.comments_of(stranger)), timeout=30, what="the first poll's answer to the bot")
@@ -271,7 +272,11 @@ def test_sighup_reloads_the_env_file(gh, tmp_path, sqlite_url):  # noqa: F811
         assert d.wait(30) == 0
     finally:
         d.kill()
+        notes.close()
     out = d.text()
+    kinds = [m.split("=")[0] for m in notes.messages if not m.startswith(("WATCHDOG", "STATUS"))]
+    assert kinds == ["READY", "RELOADING", "READY", "RELOADING", "READY", "STOPPING"], notes.messages
+    assert all("MONOTONIC_USEC=" in m for m in notes.messages if m.startswith("RELOADING"))
     assert re.search(r"reload: .*poll_interval 30\.0 → 1\.0 \(file:REFINERY_POLL_INTERVAL\)", out), out
     assert "allowlist () → ('helper-bot',)" in out
     assert "db_url changed but need a restart" in out and TOKEN not in out

@@ -180,7 +180,7 @@ def test_cli_smoke_and_corpus(tmp_path):
     spec = tmp_path / "s.toml"
     spec.write_text("init_std = 0.1\n[stages]\nsmoke_steps = 10\nsmoke_overfit_steps = 60\ntest_examples = 200\n")
     p = subprocess.run([sys.executable, "-m", "agent", "smoke", str(spec), "--run-dir", str(tmp_path / "run")],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stderr
     assert "PASS" in p.stderr and read_result(tmp_path / "run")["verdict"] == "PASS"
     bad = tmp_path / "bad.toml"
