@@ -50,7 +50,8 @@ def setup_logging(verbose: bool = False) -> None:
 def _add_daemon(sub) -> None:
     p = sub.add_parser("daemon", help="the service: poll the tracker, run the queue, report (--once: one pass)",
                        description="Poll the issue tracker every poll_interval, take in labeled issues, run the "
-                       "queue's gpu/cpu lanes and deliver comments. SIGTERM/SIGINT: warm stop; twice: cold stop.")
+                       "queue's gpu/cpu lanes and deliver comments. SIGTERM/SIGINT: warm stop; twice: cold stop. "
+                       "SIGHUP: reload settings (environment and REFINERY_ENV_FILE).")
     p.add_argument("--once", action="store_true", help="poll once, drain what is runnable, deliver the outbox, "
                    "exit 0 (GitHub waits bounded by REFINERY_ONCE_TIMEOUT_S)")
     p.add_argument("--tracker", choices=("local", "github"), help="REFINERY_TRACKER")

@@ -120,6 +120,7 @@ def test_warm_stop_checkpoints_requeues_and_the_restart_resumes(tmp_path, sqlite
           f"{stamps['reaped'] - stamps['signal']:.2f} s; then requeue and exit)")
     j = store.get(job.id)
     assert j.state == "queued" and j.tries == 0 and j.resumes == 1 and j.attempt == 1, j
+    assert "exit code 75" in (j.note or ""), j.note  # the stage itself stopped warm (EX_TEMPFAIL)
     assert not group_members(child)
     assert store.get(late.id).attempt == 0  # a warm stop claims nothing new
     run = Path(j.run_dir)
