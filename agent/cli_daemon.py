@@ -17,6 +17,13 @@ import config
 def register(sub) -> None:
     _add_daemon(sub)
     _add_status(sub)
+    _add_demo(sub)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on embedded defaults: file an example idea in the local "
+                       "tracker and run it through smoke → ablation → … until it is decided (CPU, tiny preset)")
+    p.set_defaults(func=lambda args: __import__("agent.demo", fromlist=["run"]).run())
 
 
 def _settings(args, **flags) -> config.Settings:

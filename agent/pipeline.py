@@ -180,8 +180,8 @@ class Pipeline:
 
     def _final_text(self, stage: str, verdict: str, killed: bool) -> str:
         if killed:
-            return "The idea is killed; its line is in the ROADMAP graveyard and its finding is committed."
-        return "The idea passed every stage; the full run's weights are kept and the finding is committed."
+            return "The idea is killed; its line is in the ROADMAP graveyard and its finding is written."
+        return "The idea passed every stage; the full run's weights are kept and the finding is written."
 
     def _enqueue_next(self, job, nxt: str) -> str:
         n, p = job.issue, dict(job.payload)

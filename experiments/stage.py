@@ -4,8 +4,9 @@
 
 writes DIR/config.json, DIR/log.txt (preamble first), DIR/metrics.jsonl, DIR/progress.json, DIR/plots/*.png,
 DIR/ckpt/ and, LAST and atomically, DIR/result.json = {verdict, reason, stage, evidence, figures, wall_s, ...}.
-Exit 0 whenever result.json was written (ERROR included: a fault of the run, e.g. out of memory, a full
-disk or a corrupt checkpoint, never counted against the idea); 75 after SIGTERM (the work done so far is
+Exit 0 when result.json holds a verdict (PASS, FAIL, EXTEND); EX_ERROR (3) when it holds ERROR (a fault of
+the run, e.g. out of memory, a full disk or a corrupt checkpoint, never counted against the idea; the
+queue retries it with back-off); 75 after SIGTERM (the work done so far is
 kept: finished sub-runs in DIR/done.jsonl, the running full-stage run in DIR/ckpt/; rerun to resume).
 
 SPEC.json is either {"toml": "<spec text>"} or {"spec": {flat overrides}}, optionally with "prereg",
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import signal
 import sys
 import time
@@ -31,6 +33,7 @@ from experiments.spec import SpecError, SpecResult, parse_spec
 
 STAGES = ("smoke", "ablation", "replication", "full")
 EX_TEMPFAIL = 75
+EX_ERROR = 3  # result.json says ERROR: the queue retries the job with back-off (not a verdict on the idea)
 REPLICATION_SEED_OFFSET = 10_000  # replication seeds never overlap the ablation's (base … base + 2n)
 
 
@@ -202,10 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         run.log(reason)
         run.write_result({"verdict": "ERROR", "reason": reason, "stage": args.stage, "evidence": {},
                           "figures": {}, "wall_s": 0.0, "job_id": args.job_id})
-        return 0
+        return EX_ERROR
     seed_base = args.seed_base if args.seed_base is not None else extra.get("seed_base")
-    code, _ = execute(args.stage, res.settings, res.spec, args.run_dir, prereg=res.prereg, seed_base=seed_base,
-                      job_id=args.job_id, issue=extra.get("issue"), echo=True, install_signals=True)
+    # under the queue, stderr already goes to log.txt: echoing the log there would write every line twice
+    code, result = execute(args.stage, res.settings, res.spec, args.run_dir, prereg=res.prereg,
+                           seed_base=seed_base, job_id=args.job_id, issue=extra.get("issue"),
+                           echo=os.environ.get("QUEUE_RUN_DIR") is None, install_signals=True)
+    if code == 0 and result.get("verdict") == "ERROR":
+        return EX_ERROR
     return code
 
 
@@ -217,7 +224,12 @@ if __name__ == "__main__":
     # run the importable module, not this __main__ copy, so Stopped and friends are one class everywhere
     from experiments.stage import main as _main
     try:
-        sys.exit(_main())
+        rc = _main()
+        if rc == EX_TEMPFAIL:  # warm stop: the checkpoint is on disk; skip torch's slow interpreter teardown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+        sys.exit(rc)
     except RefineryError as e:
         print(f"refinery: {e}", file=sys.stderr)
         sys.exit(2)

@@ -164,7 +164,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_then_corrupt_checkpoint_is_err
     child = _stage_child(bad, sp)
     child.communicate(timeout=120)
     res = read_result(bad)
-    assert child.returncode == 0 and res["verdict"] == "ERROR" and res["reason"].startswith("checkpoint")
+    assert child.returncode == 3 and res["verdict"] == "ERROR" and res["reason"].startswith("checkpoint")
 
 
 def test_invalid_spec_is_an_error_result(tmp_path):
@@ -173,7 +173,7 @@ def test_invalid_spec_is_an_error_result(tmp_path):
     p = subprocess.run([sys.executable, "-m", "experiments.stage", "smoke", "--spec", str(sp), "--run-dir",
                         str(tmp_path / "run")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
     res = read_result(tmp_path / "run")
-    assert p.returncode == 0 and res["verdict"] == "ERROR" and 'did you mean "r_max"' in res["reason"]
+    assert p.returncode == 3 and res["verdict"] == "ERROR" and 'did you mean "r_max"' in res["reason"]
 
 
 def test_cli_smoke_and_corpus(tmp_path):
