@@ -86,6 +86,8 @@ def register(sub) -> None:
         p = qs.add_parser(name, help=helptext)
         p.add_argument("lease", help="lease id from claim (JOB.ATTEMPT) or a job id")
         p.add_argument("--note", required=True, help="what was done, or why it failed")
+        if name == "done":
+            p.add_argument("--branch", help="the branch with the work (default: the one `claim` named)")
         if name == "fail":
             p.add_argument("--retry", action="store_true", help="let another claim try again (attempts permitting)")
         p.set_defaults(func=cmd_done if name == "done" else cmd_fail)
@@ -266,17 +268,22 @@ def cmd_claim(args) -> int:
         else:
             print("nothing to claim", file=sys.stderr)
         return EXIT_NOTHING
+    from agent.sanitize import branch_name, sanitize
+
     p = job.payload
+    title = sanitize(p.get("title", ""))  # hidden instructions in an issue never reach the agent
     out = {"claimed": True, "job_id": job.id, "lease_id": job.lease_id, "attempt": job.attempt,
            "lease_expires_at": _iso(job.lease_until), "lease_expires_ts": job.lease_until,
-           "issue": job.issue, "title": p.get("title", ""), "body": p.get("body", ""),
+           "issue": job.issue, "title": title, "body": sanitize(p.get("body", "")),
+           "branch": branch_name(job.issue or job.id, title),
            "labels": list(p.get("labels", [])), "url": p.get("url"), "kind": job.kind,
            "notes_path": str(notes_path(settings, job))}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         print(f"claimed job {job.id} (lease {job.lease_id}, expires {out['lease_expires_at']}): "
-              f"issue #{job.issue} {out['title']}\nnotes: {out['notes_path']}\n\n{out['body']}")
+              f"issue #{job.issue} {out['title']}\nbranch: {out['branch']}\nnotes: {out['notes_path']}\n\n"
+              f"{out['body']}")
     return 0
 
 
@@ -294,10 +301,19 @@ def cmd_heartbeat(args) -> int:
     return 0
 
 
+def branch_name_for(job) -> str:
+    from agent.sanitize import branch_name, sanitize
+
+    return branch_name(job.issue or job.id, sanitize(job.payload.get("title", "")))
+
+
 def cmd_done(args) -> int:
     with _store() as store:
         job_id, attempt = _lease(store, args.lease)
-        store.finish(job_id, attempt, {"note": args.note, "verdict": "DONE"}, note=args.note[:500])
+        job = store.get(job_id)
+        branch = args.branch or branch_name_for(job)
+        store.finish(job_id, attempt, {"note": args.note, "branch": branch, "verdict": "DONE",
+                                       "reason": f"branch `{branch}`: {args.note}"}, note=args.note[:500])
     print(f"job {job_id}: succeeded")
     return 0
 

@@ -450,8 +450,9 @@ class Store:
     def recover(self, now: float | None = None) -> list[tuple[Job, str]]:
         """Return lost claims to the queue: running jobs whose lease expired (any host), and at once those
         whose owner is on this host and provably gone (pid dead or reused, or the machine rebooted).
-        Each is requeued (the attempt counts), failed after its last attempt, or cancelled if a cancel
-        was pending. Returns (job as it was, what happened) for each, so the caller can kill orphans."""
+        Each is requeued (an expired lease counts an attempt; a dead owner on this host does not, up to
+        max_resumes), failed after its last attempt, or cancelled if a cancel was pending. Returns
+        (job as it was, what happened) for each, so the caller can kill orphans."""
         now = _wall_now(now)
         out: list[tuple[Job, str]] = []
         with self._tx() as cur:
@@ -467,13 +468,16 @@ class Store:
                 else:
                     continue
                 params = {"now": now, "id": job.id, "a": job.attempt}
+                # a dead owner on this host (a crashed or killed daemon) is not the job's fault: resume
+                # without spending an attempt, up to max_resumes; an expired lease still counts
+                free = why.startswith("owner") and job.resumes < self.settings.queue.max_resumes
                 if job.cancel_requested:
                     action = "cancelled"
                     cur.execute("UPDATE jobs SET state = 'cancelled', error = :note, finished_at = :now,"
                                 " updated_at = :now, note = :note, lease_until = NULL WHERE id = :id AND"
                                 " attempt = :a AND state = 'running'", {**params, "note": f"{why}; cancel pending"})
                     self._cascade_cancel(cur, job.id, now, "cancelled")
-                elif job.tries >= job.max_attempts:
+                elif job.tries >= job.max_attempts and not free:
                     action = "failed"
                     note = f"{why} on attempt {job.tries} of {job.max_attempts}: no attempts left"
                     cur.execute("UPDATE jobs SET state = 'failed', error = :note, finished_at = :now,"
@@ -482,9 +486,11 @@ class Store:
                     self._cascade_cancel(cur, job.id, now, "failed")
                 else:
                     action = "requeued"
-                    cur.execute(self._REQUEUE, {**params, "base": 0, "res": 0, "nb": 0.0,
-                                                "note": f"{why}; requeued after attempt {job.tries} of "
-                                                        f"{job.max_attempts}"})
+                    cur.execute(self._REQUEUE, {**params, "base": int(free), "res": int(free), "nb": 0.0,
+                                                "note": f"{why}; " + (f"resumed (resume {job.resumes + 1}, attempt "
+                                                                      "not counted)" if free else
+                                                                      f"requeued after attempt {job.tries} of "
+                                                                      f"{job.max_attempts}")})
                     self._notify(cur, job.lane.value)
                 out.append((job, action))
         return out

@@ -141,7 +141,10 @@ class Worker:
         for child in self.children.values():
             if child.term_at is None and now - child.started > child.wall_s:
                 child.terminate("wall", now)
-            if child.term_at is not None and not child.killed and now - child.term_at >= q.cancel_grace_s:
+            # a warm stop may take as long as the daemon's stop timeout allows (checkpoint, final eval)
+            grace = (max(q.cancel_grace_s, self.settings.daemon.stop_timeout_s - 15)
+                     if child.stop_reason == "stop" else q.cancel_grace_s)
+            if child.term_at is not None and not child.killed and now - child.term_at >= grace:
                 child.kill()
 
     def _heartbeat(self, now: float) -> None:
