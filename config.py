@@ -578,13 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"refinery: bad configuration: {e}", file=sys.stderr)
         return 2
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # before `make` has installed rich
-        for row in describe(settings):
-            print("  ".join(row))
-        return 0
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title="refinery configuration", show_lines=False)
     for col in ("section", "field", "value", "source"):
         table.add_column(col)

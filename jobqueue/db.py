@@ -119,3 +119,45 @@ def init_db(engine: Engine) -> None:
     from jobqueue import migrations
 
     migrations.upgrade(engine)
+
+
+class Cursor:
+    """A DBAPI cursor taking `:name` SQL (the store's `_sql` rewrites it per driver), returning rows as dicts."""
+
+    __slots__ = ("store", "cur")
+
+    def __init__(self, store, cur):
+        self.store, self.cur = store, cur
+
+    def _run(self, sql: str, params: dict) -> None:
+        self.cur.execute(self.store._sql(sql), params)
+
+    def execute(self, sql: str, params: dict) -> None:
+        """Run a statement, draining any RETURNING rows (SQLite cannot commit with a statement open)."""
+        self._run(sql, params)
+        if self.cur.description is not None:
+            self.cur.fetchall()
+
+    def _dicts(self) -> list[dict]:
+        if self.cur.description is None:
+            return []
+        names = [d[0] for d in self.cur.description]
+        return [dict(zip(names, r)) for r in self.cur.fetchall()]
+
+    def one(self, sql: str, params: dict) -> dict | None:
+        self._run(sql, params)
+        rows = self._dicts()
+        return rows[0] if rows else None
+
+    def all(self, sql: str, params: dict) -> list[dict]:
+        self._run(sql, params)
+        return self._dicts()
+
+    def rowcount_of(self, sql: str, params: dict) -> int:
+        self._run(sql, params)
+        return self.cur.rowcount
+
+
+def unique_violation(e: BaseException) -> bool:
+    text = str(e)
+    return "UNIQUE constraint failed" in text or "duplicate key value violates unique constraint" in text

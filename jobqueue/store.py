@@ -26,7 +26,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import config
+from jobqueue.db import Cursor as _Cursor
 from jobqueue.db import init_db, is_sqlite, make_engine, normalise_url
+from jobqueue.db import unique_violation as _unique_violation
 from jobqueue.models import CLAIMABLE, FINAL, Event, Job, Lane, State
 from jobqueue.proc import Owner, same_process
 
@@ -591,45 +593,3 @@ class Store:
         conn = psycopg.connect(*cargs, **cparams, autocommit=True)
         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         return conn
-
-
-class _Cursor:
-    """A DBAPI cursor taking `:name` SQL, returning rows as dicts."""
-
-    __slots__ = ("store", "cur")
-
-    def __init__(self, store: Store, cur):
-        self.store, self.cur = store, cur
-
-    def _run(self, sql: str, params: dict) -> None:
-        self.cur.execute(self.store._sql(sql), params)
-
-    def execute(self, sql: str, params: dict) -> None:
-        """Run a statement, draining any RETURNING rows (SQLite cannot commit with a statement open)."""
-        self._run(sql, params)
-        if self.cur.description is not None:
-            self.cur.fetchall()
-
-    def _dicts(self) -> list[dict]:
-        if self.cur.description is None:
-            return []
-        names = [d[0] for d in self.cur.description]
-        return [dict(zip(names, r)) for r in self.cur.fetchall()]
-
-    def one(self, sql: str, params: dict) -> dict | None:
-        self._run(sql, params)
-        rows = self._dicts()
-        return rows[0] if rows else None
-
-    def all(self, sql: str, params: dict) -> list[dict]:
-        self._run(sql, params)
-        return self._dicts()
-
-    def rowcount_of(self, sql: str, params: dict) -> int:
-        self._run(sql, params)
-        return self.cur.rowcount
-
-
-def _unique_violation(e: BaseException) -> bool:
-    text = str(e)
-    return "UNIQUE constraint failed" in text or "duplicate key value violates unique constraint" in text
