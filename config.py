@@ -262,6 +262,7 @@ class DaemonConfig:
     comment_max_chars: int = F(65536, "GitHub's comment body limit", 1000, 10**6)
     archive_dir: str = F("", "cold tier for finished runs ('' = no archiving)")
     archive_after_days: float = F(14.0, "finished runs older than this move to archive_dir", 0.0, 10**5)
+    archive_every_s: float = F(3600.0, "the daemon's archiving pass runs this often", 60.0, 10**7)
     git_push: bool = F(False, "push the findings commits")
     git_author: str = F("refinery <refinery@localhost>", "author of refinery's commits")
     docs_dir: str = F("docs", "where findings/, registry/ and ROADMAP.md are written (relative: under the repo)")

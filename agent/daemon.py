@@ -262,6 +262,23 @@ class Daemon:
         except Exception:  # noqa: BLE001 - a poll bug must not kill the scheduler thread; it is logged
             log.exception("poll failed")
 
+    def archive(self) -> int:
+        """One pass of the storage tiers: finished runs older than archive_after_days move to archive_dir
+        (verified sha256 manifest); champion weights stay on both tiers. No-op without archive_dir."""
+        from agent.archive import archive_runs, champion_paths
+        from agent.outbox import runs_dir
+
+        if not self.settings.daemon.archive_dir:
+            return 0
+        try:
+            done = archive_runs(self.settings, runs_dir(self.settings), keep=champion_paths(config.ROOT))
+        except Exception:  # noqa: BLE001 - archiving waits for the next pass; the live copy is untouched
+            log.exception("archive pass failed")
+            return 0
+        if done:
+            log.info("archive: %d run(s) moved to %s", len(done), self.settings.daemon.archive_dir)
+        return len(done)
+
     def _signal(self, signum, _frame) -> None:
         """SIGINT/SIGTERM: the first a warm stop, the second a cold stop. The children are signalled
         at once (the main loop may sit in a GitHub wait); everything else happens in the loop."""
@@ -292,6 +309,8 @@ class Daemon:
         sched = self._sched = BackgroundScheduler(timezone=UTC)
         sched.add_job(self._poll_job, "interval", seconds=self.settings.daemon.poll_interval, id="poll",
                       next_run_time=datetime.now(UTC), max_instances=1, coalesce=True, misfire_grace_time=None)
+        sched.add_job(self.archive, "interval", seconds=self.settings.daemon.archive_every_s, id="archive",
+                      max_instances=1, coalesce=True)
         sched.start()
         log.info("daemon: %s tracker, polling every %g s", self.tracker.name, self.settings.daemon.poll_interval)
         watchdog = self._watchdog = sdnotify.Watchdog.from_settings(self.settings)
