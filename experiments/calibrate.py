@@ -1,9 +1,17 @@
 """The gate's error rates, measured:  python -m experiments.calibrate [--quick] [--json PATH] [--spec SPEC.toml]
 
 (a) A/A: the same architecture in both arms, different seeds. Any PASS is a false PASS.
-(b) Positive control: a deliberately crippled control arm (label noise on the depth tasks, the control task left
-    intact) whose effect is measured separately from the same runs; the detection rate is how often the gate
+(b) Positive controls, each an effect known and measured separately; the detection rate is how often the gate
     PASSes it.
+    - depth (the `detection_rate` target): candidate = the pool runs' accuracy at r̄, control = the same runs'
+      accuracy at r = 1 (the same weights read shallower), on every task — the depth effect item 7 found
+      (ListOps depth 2, prelude without attention). Every check of the rule applies as written, but two of them
+      measure this very effect again: the per-seed depth-gain check (r̄ − r = 1 ≥ 10 in 4 of 5) is the Δ
+      check seed by seed, and the FAIL rule's "r = 1 → r̄ gain < 3" is its mean. Overthinking (2r̄ vs r̄) is the
+      candidate's own; the control task compares the same runs at r̄ and r = 1 (a constant-depth task: depth
+      must not change it), both readings ≥ 95%.
+    - crippled (`detection_rate_crippled`): a deliberately crippled control arm (label noise on the depth tasks,
+      or a quarter of the steps with --from-run; the control task left intact).
 (c) depth_gain_points: accuracy at r̄ minus the same weights at r = 1 on the primary depth task, the minimum over
     the first 5 seeds (item 7's target: ≥ 10).
 
@@ -14,7 +22,8 @@ resampled per-seed values from real runs, not a count of independent real ablati
 each stand behind every figure. `--real-aa N` adds N genuinely separate A/A ablations from fresh runs.
 
 JSON (DESIGN.md "Benchmarks"): device, versions, figures, targets [{name, value, target, unit, met}] with
-false_pass_rate (≤ 0.01), detection_rate (≥ 0.8) and depth_gain_points (≥ 10).
+false_pass_rate (≤ 0.01), detection_rate (≥ 0.8, the depth positive control), detection_rate_crippled
+(≥ 0.8, the crippled arm) and depth_gain_points (≥ 10).
 """
 
 from __future__ import annotations
@@ -103,20 +112,46 @@ def _draw(recs: list[dict], n: int, rng) -> dict[str, list[float]]:
     return {k: [p[k] for p in pick] for k in ("r1", "rbar", "r2bar")}
 
 
-def simulate(pool, s: Settings, reps: int, cand_variant: str, ctrl_variant: str, seed: int) -> dict[str, Any]:
-    """Apply the rule (with EXTEND and its α/2 re-test) to `reps` ablations resampled from the pool."""
+def _draw_depth(recs: list[dict], n: int, rng) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The depth positive control: n runs drawn (with replacement); the candidate is those runs as they are (read
+    at r̄, with their own r = 1 and 2r̄), the control the same runs read at r = 1 (at every key)."""
+    cand = _draw(recs, n, rng)
+    return cand, {k: list(cand["r1"]) for k in ("r1", "rbar", "r2bar")}
+
+
+DEPTH_CHECKS = {
+    "delta": "applies: mean(r̄) − mean(r = 1) ≥ pass_delta_points — the effect under test",
+    "separated": "applies: every r̄ reading beats every r = 1 reading (exact one-sided Mann–Whitney), rank-u Holm",
+    "depth_gain": "trivially the same effect: the candidate's r̄ − r = 1 per seed is this comparison's Δ seed by "
+                  "seed (with the same runs in both arms, it holds whenever every drawn seed gains ≥ 10)",
+    "overthink": "applies: the candidate runs' own 2r̄ against their r̄",
+    "control_task": "applies, adapted: the same runs' control-task accuracy at r̄ against r = 1 (|Δ| ≤ 3, both ≥ 95)",
+    "fail_ci": "applies: the bootstrap CI of Δ(r̄ − r = 1)",
+    "fail_depth_gain": "trivially the same effect: the candidate's mean r = 1 → r̄ gain is Δ itself",
+}
+
+
+def simulate(pool, s: Settings, reps: int, cand_variant: str, ctrl_variant: str, seed: int,
+             mode: str = "arms") -> dict[str, Any]:
+    """Apply the rule (with EXTEND and its α/2 re-test) to `reps` ablations resampled from the pool.
+    mode "arms": candidate and control drawn independently from the variants named; mode "depth": the depth
+    positive control (_draw_depth) on the "normal" runs of every task, control task included."""
     rng = np.random.default_rng(seed)
     n, extra = s.stages.ablation_seeds, s.gate.extend_seeds
     counts = {v: 0 for v in gate.VERDICTS}
+    failed_checks: dict[str, int] = {}
     extended = 0
     for _ in range(reps):
         def ev(k):
             out = {}
             for t, variants in pool.items():
                 depth = t in s.stages.tasks
-                out[t] = {"role": "depth" if depth else "control",
-                          "candidate": _draw(variants[cand_variant if depth else "normal"], k, rng),
-                          "control": _draw(variants[ctrl_variant if depth else "normal"], k, rng)}
+                if mode == "depth":
+                    cand, ctrl = _draw_depth(variants["normal"], k, rng)
+                else:
+                    cand = _draw(variants[cand_variant if depth else "normal"], k, rng)
+                    ctrl = _draw(variants[ctrl_variant if depth else "normal"], k, rng)
+                out[t] = {"role": "depth" if depth else "control", "candidate": cand, "control": ctrl}
             return out
         first = ev(n)
         v = gate.decide_ablation({"tasks": first}, s)
@@ -129,10 +164,27 @@ def simulate(pool, s: Settings, reps: int, cand_variant: str, ctrl_variant: str,
                     both[t][arm] = {k: first[t][arm][k] + more[t][arm][k] for k in ("r1", "rbar", "r2bar")}
             v = gate.decide_ablation({"tasks": both, "extended": True}, s)
         counts[v.verdict] += 1
+        for t, tev in v.evidence.get("tasks", {}).items():  # which checks failed, in the final verdict
+            for c, ok in tev.get("checks", {}).items():
+                if not ok:
+                    failed_checks[f"{t}.{c}"] = failed_checks.get(f"{t}.{c}", 0) + 1
+        if v.evidence.get("control_ok") is False:
+            failed_checks["control_task"] = failed_checks.get("control_task", 0) + 1
     k = counts["PASS"]
     ci = stats.binomtest(k, reps).proportion_ci(confidence_level=0.95, method="exact")
-    return {"reps": reps, "verdicts": counts, "extended": extended, "pass_rate": k / reps,
-            "pass_rate_ci95": [float(ci.low), float(ci.high)]}
+    return {"reps": reps, "mode": mode, "verdicts": counts, "extended": extended, "pass_rate": k / reps,
+            "pass_rate_ci95": [float(ci.low), float(ci.high)], "failed_checks": failed_checks}
+
+
+def depth_effect(pool, s: Settings) -> dict[str, Any]:
+    """The depth positive control's effect, measured on the pool runs themselves: r̄ − r = 1 per run and task."""
+    out = {}
+    for t, vs in pool.items():
+        g = [r["rbar"] - r["r1"] for r in vs["normal"]]
+        out[t] = {"role": "depth" if t in s.stages.tasks else "control", "per_seed": [round(x, 3) for x in g],
+                  "seeds": [r.get("seed") for r in vs["normal"]], "mean": float(np.mean(g)), "min": float(min(g)),
+                  "max": float(max(g))}
+    return out
 
 
 def real_aa(s: Settings, n_ablations: int, steps: int, log=print) -> dict[str, Any]:
@@ -203,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     pool_s = time.time() - t0
     aa = simulate(pool, s, reps, "normal", "normal", seed=1)
     pos = simulate(pool, s, reps, "normal", "crippled", seed=2)
+    dpos = simulate(pool, s, reps, "normal", "normal", seed=5, mode="depth")
+    deff = depth_effect(pool, s)
     # the statistical half alone (Δ, separation, Holm, control): depth-gain and overthinking checks switched off
     s_delta = s.replace({"depth_gain_points": 0.0, "fail_depth_gain": -100.0, "overthink_points": 100.0})
     pos_delta = simulate(pool, s_delta, reps, "normal", "crippled", seed=3)
@@ -221,18 +275,34 @@ def main(argv: list[str] | None = None) -> int:
         "pool_steps": steps, "pool_wall_s": round(pool_s, 1), "tasks": list(pool),
         "aa": aa, "positive_control": {**pos, "crippled_by": cripple,
                                        "effect_points": effect},
+        "positive_control_depth": {
+            **dpos, "comparison": "candidate = the pool runs read at r̄; control = the same runs (same weights) "
+            "read at r = 1; n runs drawn with replacement per ablation, the same draw for both arms",
+            "effect_points": deff, "checks": DEPTH_CHECKS,
+            "note": "the rule is run unchanged (gate.decide_ablation); with the same runs in both arms the "
+                    "depth-gain check and the FAIL rule's depth-gain clause restate the Δ check; resampling "
+                    f"{n_pool} real runs cannot produce a seed outside their range, so the rate is conditional "
+                    "on those runs"},
         "delta_only": {"note": "the rule with its depth-gain and overthinking checks off: the power and size of "
                        "the arm comparison by itself", "aa": aa_delta, "positive_control": pos_delta},
         "depth_gain_task": primary, "depth_gain_per_seed": gains, "real_aa": real,
         "pool_means": {t: {v: {k: float(np.mean([r[k] for r in recs])) for k in ("r1", "rbar", "r2bar")}
                            for v, recs in vs.items()} for t, vs in pool.items()},
     }
-    fp, det, dg = aa["pass_rate"], pos["pass_rate"], float(min(gains)) if gains else float("nan")
+    fp, det, dg = aa["pass_rate"], dpos["pass_rate"], float(min(gains)) if gains else float("nan")
+    det_c = pos["pass_rate"]
+    d_eff = "; ".join(f"{t} {e['mean']:+.1f} (min {e['min']:+.1f})" for t, e in deff.items() if e["role"] == "depth")
+    c_eff = "; ".join(f"{t} {v:+.1f}" for t, v in effect.items())
     targets = [
         {"name": "false_pass_rate", "value": fp, "target": 0.01, "unit": f"fraction of {aa['reps']} resampled A/A "
          f"ablations (95% CI {aa['pass_rate_ci95'][0]:.4f}–{aa['pass_rate_ci95'][1]:.4f})", "met": fp <= 0.01},
-        {"name": "detection_rate", "value": det, "target": 0.8, "unit": f"fraction of {pos['reps']} resampled "
-         "positive-control ablations", "met": det >= 0.8},
+        {"name": "detection_rate", "value": det, "target": 0.8, "unit": f"fraction of {dpos['reps']} resampled "
+         f"depth positive-control ablations, r̄ vs r = 1 of the same runs (95% CI {dpos['pass_rate_ci95'][0]:.4f}–"
+         f"{dpos['pass_rate_ci95'][1]:.4f}); effect measured r̄ − r=1: {d_eff} points over {n_pool} runs",
+         "met": det >= 0.8},
+        {"name": "detection_rate_crippled", "value": det_c, "target": 0.8, "unit": f"fraction of {pos['reps']} "
+         f"resampled crippled-arm ablations ({cripple}; 95% CI {pos['pass_rate_ci95'][0]:.4f}–"
+         f"{pos['pass_rate_ci95'][1]:.4f}); effect measured at r̄: {c_eff} points", "met": det_c >= 0.8},
         {"name": "depth_gain_points", "value": dg, "target": 10.0, "unit": f"points, r̄ − r=1 on {primary}, min "
          f"over {len(gains)} seeds", "met": bool(dg >= 10)},
     ]

@@ -129,3 +129,32 @@ def test_calibration_simulation_counts_false_passes_and_detections():
     pool2 = _pool(rng, {"khop": strong, "s5": strong, "listops": same, "copy": {"normal": 99.0}})
     det = simulate(pool2, s, 40, "normal", "crippled", seed=2)
     assert det["pass_rate"] > 0.9
+
+
+def test_calibration_depth_positive_control():
+    """Mode "depth": the same runs read at r̄ (candidate) against r = 1 (control), through the real rule."""
+    import numpy as np
+
+    from experiments.calibrate import _draw_depth, depth_effect, simulate
+
+    s = S.replace({"tasks": ("listops",), "control_task": "copy", "pass_min_tasks": 1, "bootstrap_resamples": 500})
+    rng = np.random.default_rng(0)
+
+    def pool(gain, copy_gain=0.0):
+        deep = [{"seed": i, "r1": m - gain, "rbar": m, "r2bar": m} for i, m in enumerate(rng.normal(62, 1.5, 5))]
+        copy = [{"seed": i, "r1": 99.5 - copy_gain, "rbar": 99.5, "r2bar": 99.5} for i in range(5)]
+        return {"listops": {"normal": deep}, "copy": {"normal": copy}}
+
+    strong = pool(gain=15.0)
+    cand, ctrl = _draw_depth(strong["listops"]["normal"], 5, rng)
+    assert ctrl["rbar"] == cand["r1"] and ctrl["r2bar"] == cand["r1"]  # the same runs, read at r = 1
+    eff = depth_effect(strong, s)
+    assert eff["listops"]["mean"] == pytest.approx(15.0) and eff["copy"]["mean"] == 0.0
+    det = simulate(strong, s, 30, "normal", "normal", seed=1, mode="depth")
+    assert det["mode"] == "depth" and det["pass_rate"] == 1.0 and det["failed_checks"] == {}
+    weak = simulate(pool(gain=2.0), s, 30, "normal", "normal", seed=2, mode="depth")  # depth does no work
+    assert weak["verdicts"]["PASS"] == 0 and weak["verdicts"]["FAIL"] == 30
+    assert weak["failed_checks"]["listops.delta"] == 30 and weak["failed_checks"]["listops.depth_gain"] == 30
+    # depth that changes the constant-depth control task: the instrument is broken, never a PASS
+    broken = simulate(pool(gain=15.0, copy_gain=8.0), s, 10, "normal", "normal", seed=3, mode="depth")
+    assert broken["verdicts"]["PASS"] == 0 and broken["failed_checks"]["control_task"] == 10
