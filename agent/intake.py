@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import config
 from agent.outbox import Outbox, runs_dir
+from agent.report import toml_value
 from agent.tracker import TRUSTED_PERMISSIONS, Issue, Tracker, TrackerUnavailable
 from experiments.spec import spec_from_issue
 from jobqueue.outbox import IntakeMemory
@@ -267,21 +268,9 @@ def stage_argv(stage: str, spec_file: str) -> list[str]:
             "--run-dir", "{run_dir}", "--job-id", "{job_id}"]
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    return json.dumps(str(v))
-
-
 def queued_comment(issue: Issue, job_id: int, lane: str, res, held: bool) -> str:
     given = set(res.given)
-    lines = [f"{k} = {_toml_value(v)}" + ("  # from the issue" if k in given else "") for k, v in res.spec.items()]
+    lines = [f"{k} = {toml_value(v)}" + ("  # from the issue" if k in given else "") for k, v in res.spec.items()]
     hold = " It is on hold while this issue is blocked." if held else ""
     return (f"Queued the smoke test as job {job_id} on the {lane} lane.{hold}\n\n"
             "The effective spec (defaults filled in):\n\n```toml\n" + "\n".join(lines) + "\n```")
