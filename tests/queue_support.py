@@ -120,6 +120,12 @@ def hammer_main(a) -> int:
     settings = config.load()
     store = Store(settings)
     owner = Owner.current(settings.host_name)
+    store.counts()  # connected and warmed up
+    if a.go:  # a start barrier, so every hammer really competes (not one draining the lane alone)
+        Path(a.out + ".ready").touch()
+        deadline = time.time() + 60
+        while not Path(a.go).exists() and time.time() < deadline:
+            time.sleep(0.005)
     got = []
     while True:
         job = store.claim(a.lane, owner)
@@ -153,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     h = sub.add_parser("hammer")
     h.add_argument("--out", required=True)
     h.add_argument("--lane", default="cpu")
+    h.add_argument("--go", help="write OUT.ready once connected, then wait for this file before claiming")
     a = p.parse_args(argv)
     return child_main(a) if a.cmd == "child" else hammer_main(a)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 from jobqueue.models import State
 from jobqueue.store import Store
@@ -22,8 +24,13 @@ def test_n_processes_claim_each_job_exactly_once(db_url, tmp_path):
     store = Store(settings_for(env))
     ids = [store.enqueue(None, "task", "cpu", {"n": i}).id for i in range(N_JOBS)]
     outs = [tmp_path / f"claims{i}.json" for i in range(N_PROCS)]
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.queue_support", "hammer", "--out", str(o)], cwd=ROOT,
-                              env=proc_env(env)) for o in outs]
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.queue_support", "hammer", "--out", str(o), "--go",
+                               str(go)], cwd=ROOT, env=proc_env(env)) for o in outs]
+    deadline = time.time() + 120
+    while not all(Path(f"{o}.ready").exists() for o in outs) and time.time() < deadline:
+        time.sleep(0.05)
+    go.touch()  # all connected: start together
     for p in procs:
         assert p.wait(120) == 0
     claims = Counter(j for o in outs for j in json.loads(o.read_text()))
