@@ -38,8 +38,9 @@ def test_two_hosts_share_one_queue(pg_url, tmp_path):
     store = Store(settings_for(envs["hostA"]))
     gpu = [store.enqueue(None, "task", "gpu", {"argv": child_argv("--sleep", "0.4", "--record", str(rec))})
            for _ in range(4)]
-    cpu = [store.enqueue(None, "task", "cpu", {"argv": child_argv("--sleep", "0.4", "--record", str(rec))})
-           for _ in range(6)]
+    # 12 cpu jobs of 0.5 s: about 6 s of work for one host, far longer than the second host's start-up
+    cpu = [store.enqueue(None, "task", "cpu", {"argv": child_argv("--sleep", "0.5", "--record", str(rec))})
+           for _ in range(12)]
     procs = [start_worker(env, log=tmp_path / f"{h}.log") for h, env in envs.items()]
     try:
         wait_until(lambda: all(store.get(j.id).state == State.SUCCEEDED for j in gpu + cpu), 90, "all jobs")
