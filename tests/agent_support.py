@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,3 +96,23 @@ n_refine = 3
 lr = -1
 ```
 """
+
+
+def git(repo, *args) -> str:
+    """git as a user of the repository (not refinery), output stripped."""
+    return subprocess.run(["git", "-c", "user.name=Ursula", "-c", "user.email=ursula@example.com", *args], cwd=repo,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def docs_repo_with_staged_change(repo, roadmap: str, user_file: str, before: str, after: str):
+    """A repository with docs/ROADMAP.md committed and the owner's own change to user_file staged
+    (refinery must never sweep it into its commits)."""
+    (repo / "docs").mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "docs" / "ROADMAP.md").write_text(roadmap)
+    (repo / user_file).write_text(before)
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "start")
+    (repo / user_file).write_text(after)
+    git(repo, "add", user_file)
+    return repo

@@ -25,7 +25,7 @@ import time
 import pytest
 
 import config
-from tests.agent_support import TOKEN, env_for, gh, settings_for, wait_for  # noqa: F401
+from tests.agent_support import TOKEN, docs_repo_with_staged_change, env_for, gh, git, settings_for, wait_for  # noqa: F401,E501
 
 pytestmark = pytest.mark.slow
 
@@ -79,11 +79,6 @@ GATE = {"pass_delta_points": 0.0, "pass_min_tasks": 1, "alpha": 0.5, "depth_gain
 MARKER = re.compile(r"<!-- refinery:([^ >]+) -->")
 
 
-def git(repo, *args) -> str:
-    return subprocess.run(["git", "-c", "user.name=Ursula", "-c", "user.email=ursula@example.com", *args], cwd=repo,
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
 def comments(srv, n: int) -> dict[str, str]:
     """refinery's comments on #n by marker key; each key must appear exactly once."""
     out: dict[str, str] = {}
@@ -106,15 +101,8 @@ def test_two_ideas_end_to_end(gh, tmp_path, sqlite_url, capsys):  # noqa: F811
 
     runs = tmp_path / "runs"
     corpus.build(corpus.stdlib_sources(max_bytes=60_000), runs / "corpus", val_frac=0.2)
-    repo = tmp_path / "repo"
-    (repo / "docs").mkdir(parents=True)
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "docs" / "ROADMAP.md").write_text("# Roadmap\n\n## Graveyard\n\n")
-    (repo / "README.md").write_text("lab\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "start")
-    (repo / "README.md").write_text("lab, my staged edit\n")
-    git(repo, "add", "README.md")
+    repo = docs_repo_with_staged_change(tmp_path / "repo", "# Roadmap\n\n## Graveyard\n\n", "README.md",
+                                        "lab\n", "lab, my staged edit\n")
 
     s = settings_for(sqlite_url, tmp_path, gh, cpu_workers=2, heartbeat_s=1.0, lease_s=60.0)
     extra = {"REFINERY_DOCS_DIR": str(repo / "docs"), "REFINERY_CORPUS_DIR": str(runs / "corpus"),

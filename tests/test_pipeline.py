@@ -12,14 +12,13 @@ Run: .venv/bin/python -m pytest tests/test_pipeline.py -q
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 
 import pytest
 
 import agent.intake
 from agent.outbox import STATUS_PREFIX
-from tests.agent_support import gh, make_daemon, settings_for  # noqa: F401
+from tests.agent_support import docs_repo_with_staged_change, gh, git, make_daemon, settings_for  # noqa: F401
 
 SPEC = """Does the gate help?
 
@@ -38,24 +37,11 @@ kill_if = "CI below +5 on every depth task"
 MARKER = re.compile(r"<!-- refinery:([^ >]+) -->")
 
 
-def git(repo, *args) -> str:
-    return subprocess.run(["git", "-c", "user.name=Ursula", "-c", "user.email=ursula@example.com", *args], cwd=repo,
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
 def docs_repo(tmp_path):
     """A repository with docs/ROADMAP.md committed and the owner's own change staged (never swept in)."""
-    repo = tmp_path / "repo"
-    (repo / "docs").mkdir(parents=True)
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "docs" / "ROADMAP.md").write_text("# Roadmap\n\nNarrative.\n\n## Graveyard\n\n- old line\n")
-    (repo / "notes.md").write_text("mine\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "start")
-    (repo / "notes.md").write_text("mine, edited and staged\n")
-    git(repo, "add", "notes.md")
-    return repo
+    return docs_repo_with_staged_change(tmp_path / "repo", "# Roadmap\n\nNarrative.\n\n## Graveyard\n\n- old line\n",
+                                        "notes.md", "mine\n", "mine, edited and staged\n")
 
 
 @pytest.fixture

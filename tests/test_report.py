@@ -5,13 +5,12 @@ Run: .venv/bin/python -m pytest tests/test_report.py -q
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 import config
 from agent import graveyard, report
 from agent.gitdocs import DocsCommitError
+from tests.agent_support import docs_repo_with_staged_change, git
 
 ABLATION = {
     "verdict": "PASS", "reason": "2 depth tasks clear", "wall_s": 61.2,
@@ -106,34 +105,22 @@ def test_graveyard_lines_append_without_rewriting(tmp_path):
     assert out == "# R\n\n## Graveyard\n\n- old\n" + line + "\n## Later\n\ntext\n"
 
 
-def _git(repo, *args):
-    return subprocess.run(["git", "-c", "user.name=Ursula", "-c", "user.email=u@example.com", *args], cwd=repo,
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
 def repo(tmp_path):
-    r = tmp_path / "repo"
-    (r / "docs").mkdir(parents=True)
-    _git(r, "init", "-q", "-b", "main")
-    (r / "mine.txt").write_text("a\n")
-    _git(r, "add", ".")
-    _git(r, "commit", "-q", "-m", "start")
-    (r / "mine.txt").write_text("b\n")
-    _git(r, "add", "mine.txt")  # the user's staged change
-    return r
+    # the user's own change to mine.txt is staged
+    return docs_repo_with_staged_change(tmp_path / "repo", "# Roadmap\n", "mine.txt", "a\n", "b\n")
 
 
 def test_docs_commits_are_refinerys_alone(repo):
     s = config.load({}).replace({"docs_dir": str(repo / "docs")})
     w = report.DocsWriter(s)
     w.write({"findings/a.md": b"# PASS: a\n", "findings/plots/a.png": b"png"}, "refinery: PASS for #1")
-    assert w.last_sha and _git(repo, "log", "-1", "--format=%an <%ae>") == "refinery <refinery@localhost>"
-    assert _git(repo, "show", "--name-only", "--format=", "HEAD").splitlines() == ["docs/findings/a.md",
+    assert w.last_sha and git(repo, "log", "-1", "--format=%an <%ae>") == "refinery <refinery@localhost>"
+    assert git(repo, "show", "--name-only", "--format=", "HEAD").splitlines() == ["docs/findings/a.md",
                                                                                      "docs/findings/plots/a.png"]
-    assert _git(repo, "diff", "--cached", "--name-only") == "mine.txt"
-    head = _git(repo, "rev-parse", "HEAD")
-    assert w.write({"findings/a.md": b"# PASS: a\n"}, "again") == [] and _git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "diff", "--cached", "--name-only") == "mine.txt"
+    head = git(repo, "rev-parse", "HEAD")
+    assert w.write({"findings/a.md": b"# PASS: a\n"}, "again") == [] and git(repo, "rev-parse", "HEAD") == head
     (repo / "docs" / "findings" / "a.md").write_text("the user's edit\n")
     with pytest.raises(DocsCommitError, match="uncommitted changes at .*findings/a.md"):
         w.write({"findings/a.md": b"# PASS: a, v2\n"}, "refinery: update")
