@@ -138,6 +138,11 @@ class Cursor:
         if self.cur.description is not None:
             self.cur.fetchall()
 
+    def tuples(self, sql: str, params: dict) -> list[tuple]:
+        """Rows as tuples, for statements whose column list is spelled out (the hot path)."""
+        self._run(sql, params)
+        return self.cur.fetchall()
+
     def _dicts(self) -> list[dict]:
         if self.cur.description is None:
             return []

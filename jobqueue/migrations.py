@@ -93,6 +93,29 @@ PG_TRIGGERS = (
 )
 
 
+# A job that succeeds releases the jobs blocked on it (unless their issue is on hold), in the same
+# statement, by trigger: the store's finish is one UPDATE, and no code path can forget the release.
+_RELEASE = ("UPDATE jobs SET state = 'queued', updated_at = NEW.updated_at, note = 'dependency #' || "
+            "CAST(NEW.id AS VARCHAR(16)) || ' succeeded' WHERE depends_on = NEW.id AND state = 'blocked' AND NOT held")
+SQLITE_TRIGGERS += (
+    f"""CREATE TRIGGER IF NOT EXISTS jobs_release_dependents AFTER UPDATE OF state ON jobs
+        WHEN NEW.state = 'succeeded' AND OLD.state IS NOT 'succeeded' BEGIN {_RELEASE}; END""",
+)
+# PostgreSQL: every row that becomes claimable (enqueued, requeued, released, retried) wakes the
+# waiting workers (LISTEN refinery_jobs, payload = lane) when its transaction commits.
+PG_TRIGGERS += (
+    f"""CREATE OR REPLACE FUNCTION refinery_release_dependents() RETURNS trigger AS $fn$ BEGIN
+        {_RELEASE}; RETURN NULL; END $fn$ LANGUAGE plpgsql""",
+    "CREATE OR REPLACE TRIGGER jobs_release_dependents AFTER UPDATE OF state ON jobs FOR EACH ROW "
+    "WHEN (NEW.state = 'succeeded' AND OLD.state IS DISTINCT FROM 'succeeded') "
+    "EXECUTE FUNCTION refinery_release_dependents()",
+    """CREATE OR REPLACE FUNCTION refinery_notify() RETURNS trigger AS $fn$ BEGIN
+        PERFORM pg_notify('refinery_jobs', NEW.lane); RETURN NULL; END $fn$ LANGUAGE plpgsql""",
+    "CREATE OR REPLACE TRIGGER jobs_notify AFTER INSERT OR UPDATE OF state ON jobs FOR EACH ROW "
+    "WHEN (NEW.state IN ('queued', 'retrying')) EXECUTE FUNCTION refinery_notify()",
+)
+
+
 def create_triggers(conn: Connection) -> None:
     for ddl in SQLITE_TRIGGERS if conn.dialect.name == "sqlite" else PG_TRIGGERS:
         conn.exec_driver_sql(ddl)
@@ -120,7 +143,11 @@ def _v1_to_v2(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
 
 
-STEPS = {1: _v1_to_v2}  # version v → v + 1
+def _v2_to_v3(conn: Connection) -> None:
+    """v3: dependents released and (PostgreSQL) workers notified by triggers; upgrade() makes them."""
+
+
+STEPS = {1: _v1_to_v2, 2: _v2_to_v3}  # version v → v + 1
 
 
 def current_version(conn: Connection) -> int | None:

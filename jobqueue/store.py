@@ -29,10 +29,10 @@ import config
 from jobqueue.db import Cursor as _Cursor
 from jobqueue.db import init_db, is_sqlite, make_engine, normalise_url
 from jobqueue.db import unique_violation as _unique_violation
-from jobqueue.models import CLAIMABLE, FINAL, Event, Job, Lane, State
+from jobqueue.models import CLAIMABLE, FINAL, JOB_COLUMNS, Event, Job, Lane, State
 from jobqueue.proc import Owner, same_process
 
-NOTIFY_CHANNEL = "refinery_jobs"
+NOTIFY_CHANNEL = "refinery_jobs"  # what migrations.py's notify trigger sends on
 
 
 class UnknownJob(config.RefineryError, KeyError):
@@ -80,7 +80,13 @@ class Store:
         self._all: list = []
         self._lock = threading.Lock()
         self._sql_cache: dict[str, str] = {}
-        self._skip_locked = "" if self.sqlite else " FOR UPDATE SKIP LOCKED"
+        skip = "" if self.sqlite else " FOR UPDATE SKIP LOCKED"
+        self._claim_sql = self._sql(self._CLAIM.format(guard="", skip=skip))
+        # PostgreSQL's finish_and_claim: one statement (data-modifying CTEs), the claim only if the finish held
+        nxt = self._CLAIM.format(guard="EXISTS (SELECT 1 FROM fin) AND ", skip=skip)
+        self._finish_claim_sql = self._sql(
+            f"WITH fin AS ({self._FINISH}), nxt AS ({nxt})"
+            " SELECT (SELECT COUNT(*) FROM fin) AS finished, nxt.* FROM (SELECT 1) AS one LEFT JOIN nxt ON true")
         self._watch = None  # the idle waiter's connection (wait_for_work)
 
     # ------------------------------------------------------------------ plumbing
@@ -105,13 +111,17 @@ class Store:
         self.close()
 
     def _conn(self):
-        raw = getattr(self._local, "raw", None)
-        if raw is None:
+        """(pooled connection, its DBAPI connection, one reused DBAPI cursor) of this thread."""
+        c = getattr(self._local, "c", None)
+        if c is None:
             raw = self.engine.raw_connection()
-            self._local.raw = raw
+            if not self.sqlite:  # PostgreSQL: our own autocommit connection, out of the pool (see _tx)
+                raw.detach()
+                raw.dbapi_connection.autocommit = True
+            c = self._local.c = (raw, raw.dbapi_connection, raw.dbapi_connection.cursor())
             with self._lock:
                 self._all.append(raw)
-        return raw
+        return c
 
     def _sql(self, sql: str) -> str:
         out = self._sql_cache.get(sql)
@@ -121,19 +131,30 @@ class Store:
         return out
 
     @contextmanager
-    def _tx(self, write: bool = True) -> Iterator[_Cursor]:
-        raw = self._conn()
+    def _tx(self, write: bool = True, single: bool = False) -> Iterator[_Cursor]:
+        """One transaction. SQLite: BEGIN IMMEDIATE for writes. PostgreSQL: the connection is in
+        autocommit, so with `single` (the block's one write is one statement; any other statement only
+        reads) each statement commits on its own: one round trip instead of three for a claim, a
+        heartbeat or an ad hoc enqueue. Otherwise BEGIN ... COMMIT."""
+        raw, dbapi, cur = self._conn()
         try:
-            cur = raw.cursor()
             if self.sqlite:
                 cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            yield _Cursor(self, cur)
-            raw.commit()
+                yield _Cursor(self, cur)
+                dbapi.commit()
+            elif single:
+                yield _Cursor(self, cur)
+            else:
+                with dbapi.transaction():
+                    yield _Cursor(self, cur)
         except BaseException as e:
             try:
-                raw.rollback()
+                if self.sqlite:
+                    dbapi.rollback()
+                elif dbapi.broken or dbapi.closed:
+                    raise ConnectionError("connection lost")
             except Exception:  # noqa: BLE001 - a broken connection: drop it, the pool makes a new one
-                self._local.raw = None
+                self._local.c = None
                 raw.invalidate()
             if self.sqlite and "database is locked" in str(e):
                 raise QueueBusy(f"queue database locked for over {self.settings.queue.sqlite_busy_timeout_ms} ms"
@@ -142,10 +163,6 @@ class Store:
 
     def _json(self, value: Any) -> str | None:
         return None if value is None else json.dumps(value, sort_keys=True, default=str)
-
-    def _notify(self, cur: _Cursor, lane: str) -> None:
-        if not self.sqlite:
-            cur.execute("SELECT pg_notify(:ch, :lane)", {"ch": NOTIFY_CHANNEL, "lane": lane})
 
     def _lease_s(self, lane: str) -> float:
         q = self.settings.queue
@@ -160,7 +177,7 @@ class Store:
         or its issue is held, cancelled if the dependency already failed."""
         lane, now = Lane(lane), _wall_now(now)
         dedupe = f"{'' if issue is None else issue}:{kind}:{key or ''}" if issue is not None or key else None
-        with self._tx() as cur:
+        with self._tx(single=issue is None and depends_on is None) as cur:
             held = issue is not None and cur.one("SELECT issue FROM held_issues WHERE issue = :i", {"i": issue})
             state, note = State.QUEUED, "enqueued"
             if depends_on is not None:
@@ -185,8 +202,6 @@ class Store:
                  "note": note, "finished": now if state == State.CANCELLED else None})
             if row is None:  # the same stage of the same issue is already there
                 return Job.from_row(cur.one("SELECT * FROM jobs WHERE dedupe = :d", {"d": dedupe}))
-            if state == State.QUEUED:
-                self._notify(cur, lane.value)
             return Job.from_row(row)
 
     def enqueue_many(self, kind: str, lane: str | Lane, payloads: list[dict], priority: int = 0,
@@ -200,7 +215,6 @@ class Store:
                 " 'queued', :priority, 0, 0, :ma, :payload, :false, 0, :false, :now, :now, 'enqueued')"),
                 [{"kind": kind, "lane": lane.value, "priority": priority, "ma": self.settings.queue.max_attempts,
                   "payload": self._json(p), "false": False, "now": now} for p in payloads])
-            self._notify(cur, lane.value)
         return len(payloads)
 
     # ------------------------------------------------------------------ claim, lease, finish
@@ -208,25 +222,31 @@ class Store:
               " owner_pid = :pid, owner_start = :start, device = :device, lease_until = :lease_until,"
               " heartbeat_at = :now, started_at = :now, updated_at = :now, note = :note,"
               " cancel_requested = :false, child_pid = NULL, child_start = NULL"
-              " WHERE id IN (SELECT id FROM jobs WHERE lane = :lane AND " + CLAIMABLE + " AND not_before <= :now"
-              " ORDER BY priority DESC, id LIMIT :n{skip}) RETURNING *")
+              " WHERE {guard}id IN (SELECT id FROM jobs WHERE lane = :lane AND " + CLAIMABLE + " AND not_before <= :now"
+              " ORDER BY priority DESC, id LIMIT :n{skip}) RETURNING " + ", ".join(JOB_COLUMNS))
+    _FINISH = ("UPDATE jobs SET state = 'succeeded', result = :result, error = NULL, finished_at = :now,"
+               " updated_at = :now, note = :fnote, lease_until = NULL WHERE id = :id AND attempt = :a AND"
+               " state = 'running' RETURNING id")
+
+    def _claim_params(self, lane: Lane, owner: Owner, device: str | None, now: float, n: int) -> dict:
+        if lane == Lane.GPU and (device is None or n != 1):
+            raise ValueError("a gpu-lane claim names its device and takes one job")
+        return {"host": owner.host, "boot": owner.boot, "pid": owner.pid, "start": owner.start, "device": device,
+                "lease_until": now + self._lease_s(lane), "now": now, "lane": lane.value, "false": False, "n": n,
+                "note": f"claimed by {owner.label}" + (f" on gpu {device}" if device is not None else "")}
 
     def _claim(self, cur: _Cursor, lane: Lane, owner: Owner, device: str | None, now: float, n: int = 1
                ) -> list[Job]:
-        if lane == Lane.GPU and (device is None or n != 1):
-            raise ValueError("a gpu-lane claim names its device and takes one job")
-        rows = cur.all(self._CLAIM.format(skip=self._skip_locked), {
-            "host": owner.host, "boot": owner.boot, "pid": owner.pid, "start": owner.start, "device": device,
-            "lease_until": now + self._lease_s(lane), "now": now, "lane": lane.value, "false": False, "n": n,
-            "note": f"claimed by {owner.label}" + (f" on gpu {device}" if device is not None else "")})
-        return sorted((Job.from_row(r) for r in rows), key=lambda j: (-j.priority, j.id))
+        rows = cur.tuples(self._claim_sql, self._claim_params(lane, owner, device, now, n))
+        jobs = [Job.from_values(v) for v in rows]
+        return jobs if n == 1 else sorted(jobs, key=lambda j: (-j.priority, j.id))
 
     def claim(self, lane: str | Lane, owner: Owner, device: str | None = None, now: float | None = None
               ) -> Job | None:
         """Lease the best eligible job of `lane` (priority, then age) to `owner`; None if there is none
         (or, gpu lane, this host's `device` already runs one: the database refuses a second)."""
         try:
-            with self._tx() as cur:
+            with self._tx(single=True) as cur:
                 got = self._claim(cur, Lane(lane), owner, device, _wall_now(now))
                 return got[0] if got else None
         except Exception as e:
@@ -236,13 +256,13 @@ class Store:
 
     def claim_many(self, lane: str | Lane, owner: Owner, n: int, now: float | None = None) -> list[Job]:
         """Lease up to n jobs of a cpu or agent lane in one transaction (best first)."""
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             return self._claim(cur, Lane(lane), owner, None, _wall_now(now), n)
 
     def heartbeat(self, job_id: int, attempt: int, now: float | None = None) -> bool:
         """Extend the lease; False when this claim no longer holds the job (stop working on it)."""
         now = _wall_now(now)
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             return cur.one(
                 "UPDATE jobs SET heartbeat_at = :now, lease_until = :now + CASE WHEN lane = 'agent'"
                 " THEN :agent_lease ELSE :lease END WHERE id = :id AND attempt = :a AND state = 'running'"
@@ -252,7 +272,7 @@ class Store:
     def set_child(self, job_id: int, attempt: int, run_dir: str, child_pid: int | None, child_start: str | None
                   ) -> bool:
         """Record the runner's child and the run directory (kept across resumes)."""
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             return cur.one("UPDATE jobs SET run_dir = :rd, child_pid = :cp, child_start = :cs"
                            " WHERE id = :id AND attempt = :a AND state = 'running' RETURNING id",
                            {"rd": run_dir, "cp": child_pid, "cs": child_start, "id": job_id, "a": attempt}) is not None
@@ -260,23 +280,20 @@ class Store:
     def _fenced(self, cur: _Cursor, sql: str, params: dict, what: str) -> dict:
         row = cur.one(sql, params)
         if row is None:
-            cur_row = cur.one("SELECT state, attempt FROM jobs WHERE id = :id", {"id": params["id"]})
-            if cur_row is None:
-                raise UnknownJob(f"no job {params['id']}")
-            raise LeaseLost(f"job {params['id']} attempt {params['a']} cannot {what}: it is now "
-                            f"{cur_row['state']} at attempt {cur_row['attempt']}")
+            self._lease_lost(cur, params["id"], params["a"], what)
         return row
 
+    def _lease_lost(self, cur: _Cursor, job_id: int, attempt: int, what: str) -> None:
+        now = cur.one("SELECT state, attempt FROM jobs WHERE id = :id", {"id": job_id})
+        if now is None:
+            raise UnknownJob(f"no job {job_id}")
+        raise LeaseLost(f"job {job_id} attempt {attempt} cannot {what}: it is now {now['state']} at attempt "
+                        f"{now['attempt']}")
+
     def _finish(self, cur: _Cursor, job_id: int, attempt: int, result: dict, now: float, note: str) -> None:
-        self._fenced(cur, "UPDATE jobs SET state = 'succeeded', result = :result, error = NULL, finished_at = :now,"
-                     " updated_at = :now, note = :note, lease_until = NULL WHERE id = :id AND attempt = :a AND"
-                     " state = 'running' RETURNING id",
-                     {"result": self._json(result), "now": now, "note": note, "id": job_id, "a": attempt}, "finish")
-        n = cur.rowcount_of("UPDATE jobs SET state = 'queued', updated_at = :now, note = :note"
-                            " WHERE depends_on = :id AND state = 'blocked' AND held = :false",
-                            {"now": now, "note": f"dependency #{job_id} succeeded", "id": job_id, "false": False})
-        if n:
-            self._notify(cur, "any")
+        """The finish; a job that succeeds frees its dependents (a trigger, migrations.py)."""
+        self._fenced(cur, self._FINISH, {"result": self._json(result), "now": now, "fnote": note, "id": job_id,
+                                         "a": attempt}, "finish")
 
     def finish(self, job_id: int, attempt: int, result: dict, now: float | None = None, note: str = "succeeded"
                ) -> None:
@@ -286,12 +303,21 @@ class Store:
 
     def finish_and_claim(self, job_id: int, attempt: int, result: dict, lane: str | Lane, owner: Owner,
                          device: str | None = None, now: float | None = None) -> Job | None:
-        """finish() and claim() in one transaction: one commit per job for a busy lane."""
-        now = _wall_now(now)
-        with self._tx() as cur:
-            self._finish(cur, job_id, attempt, result, now, "succeeded")
-            got = self._claim(cur, Lane(lane), owner, device, now)
-            return got[0] if got else None
+        """finish() and claim() in one transaction: one commit per job for a busy lane (PostgreSQL: one
+        statement, so one round trip)."""
+        now, lane = _wall_now(now), Lane(lane)
+        if self.sqlite or lane == Lane.GPU:  # the gpu claim may hit its unique index: keep the finish apart
+            with self._tx() as cur:
+                self._finish(cur, job_id, attempt, result, now, "succeeded")
+                got = self._claim(cur, lane, owner, device, now)
+                return got[0] if got else None
+        with self._tx(single=True) as cur:
+            (finished, *job), = cur.tuples(self._finish_claim_sql, {
+                **self._claim_params(lane, owner, None, now, 1), "id": job_id, "a": attempt,
+                "result": self._json(result), "fnote": "succeeded"})
+            if not finished:
+                self._lease_lost(cur, job_id, attempt, "finish")
+            return Job.from_values(job) if job[0] is not None else None
 
     def finish_many_and_claim(self, done: list[tuple[int, int, dict]], lane: str | Lane, owner: Owner, n: int,
                               now: float | None = None) -> tuple[list[Job], list[int]]:
@@ -365,7 +391,6 @@ class Store:
                 return Job.from_row(out)
             out = cur.one(self._REQUEUE, {"now": now, "note": reason, "base": int(free), "res": int(free),
                                           "nb": now + delay, "id": job_id, "a": attempt})
-            self._notify(cur, out["lane"])
             return Job.from_row(out)
 
     _REQUEUE = ("UPDATE jobs SET state = 'queued', attempt_base = attempt_base + :base, resumes = resumes + :res,"
@@ -417,8 +442,6 @@ class Store:
                         " not_before = 0, finished_at = NULL, cancel_requested = :false, updated_at = :now,"
                         " note = 'retry requested' WHERE id = :id",
                         {"s": "blocked" if blocked else "queued", "false": False, "now": now, "id": job_id})
-            if not blocked:
-                self._notify(cur, job.lane.value)
             return self._get(cur, job_id)
 
     def hold_issue(self, issue: int, now: float | None = None) -> int:
@@ -444,8 +467,6 @@ class Store:
                 " state = 'blocked' AND (depends_on IS NULL OR depends_on IN"
                 " (SELECT d.id FROM jobs d WHERE d.state = 'succeeded'))",
                 {"now": now, "note": f"issue #{issue} released", "i": issue})
-            if n:
-                self._notify(cur, "any")
             return n
 
     # ------------------------------------------------------------------ recovery
@@ -493,7 +514,6 @@ class Store:
                                                                       "not counted)" if free else
                                                                       f"requeued after attempt {job.tries} of "
                                                                       f"{job.max_attempts}")})
-                    self._notify(cur, job.lane.value)
                 out.append((job, action))
         return out
 

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from jobqueue.db import make_engine
 from jobqueue.migrations import v1_statements
-from jobqueue.models import State
+from jobqueue.models import SCHEMA_VERSION, State
 from jobqueue.proc import Owner, start_time
 from jobqueue.store import IllegalTransition, LeaseLost, QueueBusy, Store, UnknownJob
 from tests.queue_support import queue_env, settings_for
@@ -108,6 +108,24 @@ def test_fencing_stale_attempt_cannot_finish(store):
     assert store.heartbeat(second.id, second.attempt) is True
     store.finish(second.id, second.attempt, {"fresh": True})
     assert store.get(job.id).result == {"fresh": True}
+
+
+def test_finish_and_claim_is_one_fenced_step(store):
+    a, b = store.enqueue(None, "task", "cpu", {}), store.enqueue(None, "task", "cpu", {})
+    dep = store.enqueue(None, "task", "agent", {}, depends_on=a.id)
+    first = store.claim("cpu", owner())
+    nxt = store.finish_and_claim(first.id, first.attempt, {"n": 1}, "cpu", owner())
+    assert (first.id, nxt.id, nxt.state, nxt.attempt) == (a.id, b.id, State.RUNNING, 1)
+    assert store.get(a.id).result == {"n": 1} and store.get(dep.id).state == State.QUEUED  # dependent released
+    assert [e.to_state for e in store.events(a.id)] == ["queued", "running", "succeeded"]
+    c = store.enqueue(None, "task", "cpu", {})
+    store.recover(now=nxt.lease_until + 1)  # b's worker stalls past its lease; another takes b over
+    assert store.claim("cpu", owner()).attempt == 2
+    with pytest.raises(LeaseLost):  # the stale worker can neither finish b nor take more work
+        store.finish_and_claim(nxt.id, nxt.attempt, {"stale": True}, "cpu", owner())
+    assert store.get(b.id).result is None and store.get(c.id).state == State.QUEUED
+    assert store.finish_and_claim(b.id, 2, {}, "cpu", owner()).id == c.id
+    assert store.finish_and_claim(c.id, 1, {}, "cpu", owner()) is None  # nothing left
 
 
 def test_lease_expiry_requeues_then_fails_after_last_attempt(store):
@@ -212,7 +230,7 @@ def test_schema_upgrade_keeps_jobs(db_url, tmp_path):
     engine.dispose()
     with Store(settings) as store:
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT version FROM schema_version")).scalar() == 2
+            assert conn.execute(text("SELECT version FROM schema_version")).scalar() == SCHEMA_VERSION
         jobs = {j.issue: j for j in store.list()}
         assert {j.state for j in jobs.values()} == {State.QUEUED, State.SUCCEEDED, State.RUNNING}
         assert jobs[41].result == {"verdict": "PASS"} and jobs[41].attempt_base == 0
@@ -221,8 +239,14 @@ def test_schema_upgrade_keeps_jobs(db_url, tmp_path):
         c = store.claim("cpu", owner())
         store.finish(c.id, c.attempt, {"ok": 1})
         assert [e.to_state for e in store.events(c.id)][-2:] == ["running", "succeeded"]  # triggers now on
+        x = store.enqueue(None, "task", "gpu", {})
+        y = store.enqueue(None, "task", "cpu", {}, depends_on=x.id)
+        cx = store.claim("gpu", owner(), device="0")
+        assert (y.state, cx.id) == (State.BLOCKED, x.id)
+        store.finish(cx.id, cx.attempt, {})
+        assert store.get(y.id).state == State.QUEUED  # released by the v3 trigger
     with Store(settings) as store:  # a second start changes nothing
-        assert len(store.list()) == 3
+        assert len(store.list()) == 5
 
 
 def test_locked_sqlite_database_is_waited_on(sqlite_url, tmp_path):
