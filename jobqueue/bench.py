@@ -12,8 +12,8 @@
 - enqueue → start latency: one idle worker process waiting in Store.wait_for_work (LISTEN/NOTIFY on
   PostgreSQL, PRAGMA data_version polled every idle_poll_s on SQLite), a producer enqueueing one
   job at a time; "start" = the worker holds the claimed job (a real job's child process adds its
-  own spawn time). Measured right after activity (a 20 ms gap between jobs) and after an idle period
-  (one sample after 300 s; --quick: one after 10 s).
+  own spawn time). Measured right after activity (a 20 ms gap between jobs; one backend at a time) and
+  after idle periods (two samples, each after 300 s idle; --quick: three after 10 s).
 - double_claims / lost_jobs over every drain: each job's claims are counted by the claimers.
 
 Each figure is the median of 3 runs (--quick: 1). SQLite synchronous level: settings (NORMAL).
@@ -191,7 +191,10 @@ def _latency_worker(url: str, ready, out_q) -> None:
     store.close()
 
 
-def latency(dbs: Databases, backend: str, active_n: int, idle_s: float, idle_n: int) -> dict:
+def latency(dbs: Databases, backend: str, active_n: int, idle_s: float, idle_n: int,
+            turn: threading.Event | None = None, done: threading.Event | None = None) -> dict:
+    """Active samples once `turn` is set (backends take turns: they do not share the CPU), `done` set
+    after them; then idle samples, each after idle_s (so two backends' idle samples do not coincide)."""
     from jobqueue.store import Store
 
     url = dbs.url(backend)
@@ -209,9 +212,13 @@ def latency(dbs: Databases, backend: str, active_n: int, idle_s: float, idle_n: 
         ph, ms = q.get(timeout=30)
         samples[ph].append(ms)
 
+    if turn is not None:
+        turn.wait()
     for _ in range(active_n):
         time.sleep(0.02)  # the worker is back in its wait
         one("active")
+    if done is not None:
+        done.set()
     for _ in range(idle_n):
         time.sleep(idle_s)
         one("idle")
@@ -288,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     n_jobs = {"sqlite": 2000 if a.quick else 10000, "pg": 1000 if a.quick else 4000}
     n_enq = {"sqlite": 1000 if a.quick else 4000, "pg": 500 if a.quick else 2000}
     counts = (1, 4) if a.quick else WORKER_COUNTS
-    idle_s, idle_n, active_n = (10.0, 1, 100) if a.quick else (300.0, 1, 400)
+    idle_s, idle_n, active_n = (10.0, 3, 100) if a.quick else (300.0, 2, 400)
 
     dbs = Databases(pg)
     tally = {"double_claims": 0, "lost_jobs": 0, "jobs": 0}
@@ -316,10 +323,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{figures['claims_per_s_separate'][key]:.0f}, batches of 10 "
                       f"{figures['claims_per_s_batch10'][key]:.0f}), enqueue/s {figures['enqueue_per_s'][key]:.0f}",
                       flush=True)
-        for b in backends:  # latency last, both backends at once so the idle waits overlap
-            t = threading.Thread(target=lambda b=b: lat_out.__setitem__(b, latency(dbs, b, active_n, idle_s, idle_n)))
+        turn = threading.Event()
+        turn.set()
+        for b in backends:  # latency last: active phases one after the other, idle waits overlapping
+            done = threading.Event()
+            t = threading.Thread(target=lambda b=b, turn=turn, done=done: lat_out.__setitem__(
+                b, latency(dbs, b, active_n, idle_s, idle_n, turn, done)))
             t.start()
             lat_threads.append(t)
+            turn = done
         for t in lat_threads:
             t.join()
         figures["latency"] = lat_out

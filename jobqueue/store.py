@@ -80,6 +80,7 @@ class Store:
         self._all: list = []
         self._lock = threading.Lock()
         self._sql_cache: dict[str, str] = {}
+        self._params: dict[tuple, dict] = {}  # claim parameters fixed per (lane, owner, device, n)
         skip = "" if self.sqlite else " FOR UPDATE SKIP LOCKED"
         self._claim_sql = self._sql(self._CLAIM.format(guard="", skip=skip))
         # PostgreSQL's finish_and_claim: one statement (data-modifying CTEs), the claim only if the finish held
@@ -162,7 +163,9 @@ class Store:
             raise
 
     def _json(self, value: Any) -> str | None:
-        return None if value is None else json.dumps(value, sort_keys=True, default=str)
+        if not value:  # None stays NULL; an empty result is the common case of the hot path
+            return None if value is None else json.dumps(value)
+        return json.dumps(value, sort_keys=True, default=str)
 
     def _lease_s(self, lane: str) -> float:
         q = self.settings.queue
@@ -229,11 +232,16 @@ class Store:
                " state = 'running' RETURNING id")
 
     def _claim_params(self, lane: Lane, owner: Owner, device: str | None, now: float, n: int) -> dict:
-        if lane == Lane.GPU and (device is None or n != 1):
-            raise ValueError("a gpu-lane claim names its device and takes one job")
-        return {"host": owner.host, "boot": owner.boot, "pid": owner.pid, "start": owner.start, "device": device,
-                "lease_until": now + self._lease_s(lane), "now": now, "lane": lane.value, "false": False, "n": n,
+        key = (lane, owner, device, n)
+        fixed = self._params.get(key)
+        if fixed is None:
+            if lane == Lane.GPU and (device is None or n != 1):
+                raise ValueError("a gpu-lane claim names its device and takes one job")
+            fixed = self._params[key] = {
+                "host": owner.host, "boot": owner.boot, "pid": owner.pid, "start": owner.start, "device": device,
+                "lease_s": self._lease_s(lane), "lane": lane.value, "false": False, "n": n,
                 "note": f"claimed by {owner.label}" + (f" on gpu {device}" if device is not None else "")}
+        return {**fixed, "lease_until": now + fixed["lease_s"], "now": now}
 
     def _claim(self, cur: _Cursor, lane: Lane, owner: Owner, device: str | None, now: float, n: int = 1
                ) -> list[Job]:
