@@ -19,7 +19,8 @@ How, on a CPU budget: a *pool* of real tiny runs per task and variant is trained
 runs/calibrate/, keyed by the settings), then the rule — EXTEND and its α/2 re-test included — is applied to
 many ablations resampled from the pool (seeds drawn with replacement). That is a simulation of the rule on
 resampled per-seed values from real runs, not a count of independent real ablations; the JSON says how many of
-each stand behind every figure. `--real-aa N` adds N genuinely separate A/A ablations from fresh runs.
+each stand behind every figure. Beside it, `real_aa`: the pool's runs split into disjoint A/A ablations, each
+run used once (no resampling) — few, but genuinely independent.
 
 JSON (DESIGN.md "Benchmarks"): device, versions, figures, targets [{name, value, target, unit, met}] with
 false_pass_rate (≤ 0.01), detection_rate (≥ 0.8, the depth positive control), detection_rate_crippled
@@ -71,11 +72,27 @@ def pool_from_run(run_dir: Path, arm: str = "candidate") -> tuple[Settings, dict
     return s, pool
 
 
+def _pool_run(s: Settings, t: str, variant: str, seed: int, steps: int, cripple: str) -> dict:
+    """One pool run (in a worker process with one torch thread when --jobs > 1)."""
+    crippled = variant == "crippled"
+    res = train_task(s, t, seed, steps // 4 if crippled and cripple == "quarter" else steps,
+                     label_noise=NOISE if crippled and cripple == "noise" else 0.0)
+    return {"task": t, "variant": variant, "seed": seed, **res["acc"], "curve": res["curve"],
+            "train_s": res["train_s"]}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def build_pool(s: Settings, n_seeds: int, steps: int, log=print, cripple: str = "noise",
-               variants: tuple = ("normal", "crippled"), seeds: list[int] | None = None
+               variants: tuple = ("normal", "crippled"), seeds: list[int] | None = None, jobs: int = 1
                ) -> dict[str, dict[str, list[dict]]]:
     """pool[task][variant] = per-seed {r1, rbar, r2bar}; variants: normal, crippled (depth tasks only).
-    cripple: "noise" (label noise NOISE) or "quarter" (a quarter of the steps)."""
+    cripple: "noise" (label noise NOISE) or "quarter" (a quarter of the steps). jobs > 1: that many runs
+    at once, each in its own process with one torch thread (tiny models use 2 cores better that way)."""
     path = POOL_DIR / f"pool-{_pool_key(s, steps)}-{cripple}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     have = {}
@@ -85,21 +102,26 @@ def build_pool(s: Settings, n_seeds: int, steps: int, log=print, cripple: str = 
             have[(rec["task"], rec["variant"], rec["seed"])] = rec
     tasks = list(s.stages.tasks) + [s.stages.control_task]
     seeds = seeds if seeds is not None else list(range(1000, 1000 + n_seeds))  # calibration seeds: never an idea's
-    for seed in seeds:
-        for t in tasks:
-            for variant in [v for v in variants if v == "normal" or t in s.stages.tasks]:
-                if (t, variant, seed) in have:
-                    continue
-                crippled = variant == "crippled"
-                res = train_task(s, t, seed, steps // 4 if crippled and cripple == "quarter" else steps,
-                                 label_noise=NOISE if crippled and cripple == "noise" else 0.0)
-                rec = {"task": t, "variant": variant, "seed": seed, **res["acc"], "curve": res["curve"],
-                       "train_s": res["train_s"]}
-                have[(t, variant, seed)] = rec
-                with open(path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                log(f"pool {t}/{variant}/s{seed}: r1 {rec['r1']:.1f} r̄ {rec['rbar']:.1f} 2r̄ {rec['r2bar']:.1f} "
-                    f"({res['train_s']:.1f} s)")
+    todo = [(t, v, seed) for seed in seeds for t in tasks for v in variants
+            if (v == "normal" or t in s.stages.tasks) and (t, v, seed) not in have]
+
+    def keep(rec: dict) -> None:
+        have[(rec["task"], rec["variant"], rec["seed"])] = rec
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        log(f"pool {rec['task']}/{rec['variant']}/s{rec['seed']}: r1 {rec['r1']:.1f} r̄ {rec['rbar']:.1f} 2r̄ "
+            f"{rec['r2bar']:.1f} ({rec['train_s']:.1f} s) [{len(have)} runs]")
+
+    if jobs <= 1:
+        for t, v, seed in todo:
+            keep(_pool_run(s, t, v, seed, steps, cripple))
+    elif todo:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_one_thread) as ex:
+            for fut in as_completed([ex.submit(_pool_run, s, t, v, seed, steps, cripple) for t, v, seed in todo]):
+                keep(fut.result())
     pool: dict[str, dict[str, list[dict]]] = {}
     for (t, v, sd), rec in sorted(have.items(), key=lambda kv: kv[0][2]):
         if sd in seeds and t in tasks and v in variants:
@@ -187,22 +209,36 @@ def depth_effect(pool, s: Settings) -> dict[str, Any]:
     return out
 
 
-def real_aa(s: Settings, n_ablations: int, steps: int, log=print) -> dict[str, Any]:
-    """Genuine A/A ablations from fresh runs (expensive: (tasks+1) × 2 × seeds runs each)."""
-    verdicts = []
-    for a in range(n_ablations):
-        tasks_ev = {}
-        for t in list(s.stages.tasks) + [s.stages.control_task]:
-            arms = {}
-            for arm, off in (("candidate", 0), ("control", 500)):
-                accs = [train_task(s, t, 2000 + 1000 * a + off + i, steps)["acc"]
-                        for i in range(s.stages.ablation_seeds)]
-                arms[arm] = {k: [x[k] for x in accs] for k in ("r1", "rbar", "r2bar")}
-            tasks_ev[t] = {"role": "depth" if t in s.stages.tasks else "control", **arms}
-        v = gate.decide_ablation({"tasks": tasks_ev}, s)
+def real_aa(pool, s: Settings) -> dict[str, Any]:
+    """Genuine A/A ablations, no resampling: the pool's seeds (those every task has) split into disjoint groups
+    of 2 × ablation_seeds, the first half the candidate and the second the control, each run used once. An
+    EXTEND takes the next unused seeds, as the stage would; with none left it stays EXTEND (not a PASS)."""
+    n, extra = s.stages.ablation_seeds, s.gate.extend_seeds
+    by = {t: {r["seed"]: r for r in vs["normal"]} for t, vs in pool.items()}
+    seeds = sorted(set.intersection(*(set(d) for d in by.values())))
+
+    def arm(t: str, ss: list[int]) -> dict[str, list[float]]:
+        return {k: [by[t][sd][k] for sd in ss] for k in ("r1", "rbar", "r2bar")}
+
+    def ev(cand: list[int], ctrl: list[int]) -> dict:
+        return {t: {"role": "depth" if t in s.stages.tasks else "control", "candidate": arm(t, cand),
+                    "control": arm(t, ctrl)} for t in by}
+
+    verdicts, i = [], 0
+    while i + 2 * n <= len(seeds):
+        cand, ctrl = seeds[i:i + n], seeds[i + n:i + 2 * n]
+        i += 2 * n
+        v = gate.decide_ablation({"tasks": ev(cand, ctrl)}, s)
+        if v.verdict == "EXTEND" and i + 2 * extra <= len(seeds):
+            cand, ctrl = cand + seeds[i:i + extra], ctrl + seeds[i + extra:i + 2 * extra]
+            i += 2 * extra
+            v = gate.decide_ablation({"tasks": ev(cand, ctrl), "extended": True}, s)
         verdicts.append(v.verdict)
-        log(f"real A/A ablation {a}: {v.verdict} — {v.reason}")
-    return {"ablations": n_ablations, "verdicts": verdicts, "false_pass": verdicts.count("PASS")}
+    k = verdicts.count("PASS")
+    ci = stats.binomtest(k, len(verdicts)).proportion_ci(method="exact") if verdicts else None
+    return {"ablations": len(verdicts), "runs_used": i, "verdicts": verdicts, "false_pass": k,
+            "false_pass_ci95": [float(ci.low), float(ci.high)] if ci else None,
+            "method": "disjoint groups of the pool's real runs, each run in one ablation only (no resampling)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-seeds", type=int, default=None, help="real runs per task and variant")
     ap.add_argument("--steps", type=int, default=None, help="training steps per pool run (default ablation_steps)")
     ap.add_argument("--reps", type=int, default=None, help="resampled ablations per simulation")
-    ap.add_argument("--real-aa", type=int, default=0, help="genuine A/A ablations from fresh runs (expensive)")
+    ap.add_argument("--jobs", type=int, default=2, help="pool runs at once, one process and one thread each")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arm", default="candidate", choices=("candidate", "control"),
                     help="with --from-run: whose runs form the A/A pool")
@@ -244,13 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         steps = s.stages.ablation_steps
         seeds = sorted({r["seed"] for t in pool.values() for r in t["normal"]})
         n_pool = len(seeds)
-        crip = build_pool(s, n_pool, steps, log=log, cripple="quarter", variants=("crippled",),
+        crip = build_pool(s, n_pool, steps, log=log, cripple="quarter", variants=("crippled",), jobs=args.jobs,
                           seeds=seeds[:args.pool_seeds] if args.pool_seeds else seeds)
         for t, vs in crip.items():
             pool[t]["crippled"] = vs["crippled"]
         cripple = "a quarter of the steps on the depth tasks"
     else:
-        pool = build_pool(s, n_pool, steps, log=log)
+        pool = build_pool(s, n_pool, steps, log=log, jobs=args.jobs)
         cripple = f"label noise {NOISE} on the depth tasks"
     pool_s = time.time() - t0
     aa = simulate(pool, s, reps, "normal", "normal", seed=1)
@@ -266,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
               for t in s.stages.tasks}
     primary = s.stages.tasks[0]
     gains = [r["rbar"] - r["r1"] for r in pool[primary]["normal"][:5]]
-    real = real_aa(s, args.real_aa, steps) if args.real_aa else None
+    real = real_aa(pool, s)
     figures = {
         "method": "rule simulated on ablations resampled (with replacement) from a pool of real tiny runs",
         "pool_source": (f"{args.from_run} ({args.arm} arm)" if args.from_run else "trained by calibrate"),

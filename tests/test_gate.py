@@ -158,3 +158,25 @@ def test_calibration_depth_positive_control():
     # depth that changes the constant-depth control task: the instrument is broken, never a PASS
     broken = simulate(pool(gain=15.0, copy_gain=8.0), s, 10, "normal", "normal", seed=3, mode="depth")
     assert broken["verdicts"]["PASS"] == 0 and broken["failed_checks"]["control_task"] == 10
+
+
+def test_real_aa_uses_each_run_once():
+    """Disjoint A/A ablations from the pool: 23 seeds of 5 + 5 make 2 ablations (3 seeds left over); a pool
+    with a real difference between its seed halves is PASSed, so the check can fail."""
+    import numpy as np
+
+    from experiments.calibrate import real_aa
+
+    s = S.replace({"tasks": ("listops",), "control_task": "copy", "pass_min_tasks": 1, "bootstrap_resamples": 500})
+    rng = np.random.default_rng(0)
+
+    def pool(means):
+        deep = [{"seed": i, "r1": m - 15, "rbar": m, "r2bar": m} for i, m in enumerate(means)]
+        copy = [{"seed": i, "r1": 99.5, "rbar": 99.5, "r2bar": 99.5} for i in range(len(means))]
+        return {"listops": {"normal": deep}, "copy": {"normal": copy}}
+
+    aa = real_aa(pool(rng.normal(62, 1.5, 23)), s)
+    assert aa["ablations"] == 2 and aa["runs_used"] == 20 and aa["false_pass"] == 0
+    assert aa["verdicts"] == ["FAIL", "FAIL"] and aa["false_pass_ci95"][1] < 0.85
+    shifted = np.concatenate([rng.normal(80, 1.0, 5), rng.normal(60, 1.0, 5)])  # candidate seeds first
+    assert real_aa(pool(shifted), s)["verdicts"] == ["PASS"]
