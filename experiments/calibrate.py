@@ -10,8 +10,8 @@
       check seed by seed, and the FAIL rule's "r = 1 → r̄ gain < 3" is its mean. Overthinking (2r̄ vs r̄) is the
       candidate's own; the control task compares the same runs at r̄ and r = 1 (a constant-depth task: depth
       must not change it), both readings ≥ 95%.
-    - crippled (`detection_rate_crippled`): a deliberately crippled control arm (label noise on the depth tasks,
-      or a quarter of the steps with --from-run; the control task left intact).
+    - crippled (`detection_rate_crippled`): a deliberately crippled control arm (--cripple: a quarter of the
+      steps, the default, or label noise on the depth tasks; the control task left intact).
 (c) depth_gain_points: accuracy at r̄ minus the same weights at r = 1 on the primary depth task, the minimum over
     the first 5 seeds (item 7's target: ≥ 10).
 
@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-seeds", type=int, default=None, help="real runs per task and variant")
     ap.add_argument("--steps", type=int, default=None, help="training steps per pool run (default ablation_steps)")
     ap.add_argument("--reps", type=int, default=None, help="resampled ablations per simulation")
+    ap.add_argument("--cripple", default="quarter", choices=("quarter", "noise"),
+                    help=f"the crippled arm: a quarter of the steps, or label noise {NOISE} on the depth tasks")
     ap.add_argument("--jobs", type=int, default=2, help="pool runs at once, one process and one thread each")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arm", default="candidate", choices=("candidate", "control"),
@@ -267,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     if not spec.ok:
         print("calibrate: bad spec: " + spec.error_text(), file=sys.stderr)
         return 2
-    s = spec.settings.replace({"bootstrap_resamples": 2000}, source="calibrate")  # the CI is a FAIL test only
+    s = spec.settings
+    s = s.replace({"bootstrap_resamples": 2000,  # the CI is a FAIL test only
+                   # a spec with fewer depth tasks than the rule's u is calibrated in its one-task form
+                   "pass_min_tasks": min(s.gate.pass_min_tasks, len(s.stages.tasks))}, source="calibrate")
     steps = args.steps or (max(s.stages.ablation_steps // 3, 50) if args.quick else s.stages.ablation_steps)
     n_pool = args.pool_seeds or (3 if args.quick else 8)
     reps = args.reps or (200 if args.quick else 2000)
@@ -286,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             pool[t]["crippled"] = vs["crippled"]
         cripple = "a quarter of the steps on the depth tasks"
     else:
-        pool = build_pool(s, n_pool, steps, log=log, jobs=args.jobs)
-        cripple = f"label noise {NOISE} on the depth tasks"
+        pool = build_pool(s, n_pool, steps, log=log, jobs=args.jobs, cripple=args.cripple)
+        cripple = ("a quarter of the steps" if args.cripple == "quarter" else f"label noise {NOISE}") + \
+            " on the depth tasks"
     pool_s = time.time() - t0
     aa = simulate(pool, s, reps, "normal", "normal", seed=1)
     pos = simulate(pool, s, reps, "normal", "crippled", seed=2)
