@@ -233,6 +233,8 @@ class QueueConfig:
     sqlite_synchronous: str = F("NORMAL", "SQLite synchronous level in WAL mode: NORMAL survives kill -9, "
                                 "may lose the last commits on power loss", choices=("NORMAL", "FULL"))
     sqlite_busy_timeout_ms: int = F(30000, "SQLite busy timeout", 0, 10**7)
+    sqlite_checkpoint_pages: int = F(10000, "WAL pages before a commit checkpoints (wal_autocheckpoint); workers also "
+                                     "checkpoint every heartbeat_s, which bounds NORMAL's power-loss window", 0, 10**7)
     idle_poll_s: float = F(0.002, "an idle SQLite worker's re-check period (PostgreSQL uses LISTEN/NOTIFY)",
                            0.0005, 60.0)
     runs_dir: str = F("runs", "run directories, runs/locks/ and runs/agent/ (relative paths are under the repo)")

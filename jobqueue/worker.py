@@ -2,7 +2,7 @@
 
 `Worker(store, settings).step(now)` does one iteration and returns whether anything happened:
 
-    1. maintenance (every heartbeat_s): store.recover(now), then kill the process groups of
+    1. maintenance (every heartbeat_s): store.checkpoint(), store.recover(now), then kill the process groups of
        orphaned children whose owner on this host is gone (they might still hold the GPU)
     2. reap children that exited; their exit code and result file decide the job's state
     3. enforce: pending cancels (checked every cancel_poll_s), wall-time limits, SIGKILL after
@@ -88,6 +88,7 @@ class Worker:
         return did
 
     def _maintain(self, now: float) -> bool:
+        self.store.checkpoint()
         recovered = self.store.recover(now)
         for job, action in recovered:
             log.warning("job %s (%s) %s: %s", job.id, job.kind, action, "lease lost or owner gone")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import threading
@@ -247,6 +248,25 @@ def test_schema_upgrade_keeps_jobs(db_url, tmp_path):
         assert store.get(y.id).state == State.QUEUED  # released by the v3 trigger
     with Store(settings) as store:  # a second start changes nothing
         assert len(store.list()) == 5
+
+
+def test_sqlite_checkpoint_moves_the_wal_into_the_database(sqlite_url, tmp_path):
+    """Commits sit in the WAL (synchronous=NORMAL does not fsync them) until a checkpoint copies them into the
+    database file; the worker's maintenance pass calls Store.checkpoint, so that window stays one heartbeat."""
+    store = Store(settings_for(queue_env(sqlite_url, tmp_path)))
+    path = sqlite_url.split("sqlite:///", 1)[1]
+    store.enqueue_many("task", "cpu", [{"i": i} for i in range(300)])
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # SQLite's default, per connection
+    assert store._conn()[2].execute("PRAGMA wal_autocheckpoint").fetchone()[0] == \
+        store.settings.queue.sqlite_checkpoint_pages
+    size_before = os.path.getsize(path)
+    store.checkpoint()
+    assert os.path.getsize(path) > size_before  # the jobs are in the database file now
+    busy, wal_frames, done = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # nothing left to copy
+    assert busy == 0 and wal_frames == done
+    raw.close()
+    store.close()
 
 
 def test_locked_sqlite_database_is_waited_on(sqlite_url, tmp_path):
