@@ -151,8 +151,8 @@ class StageConfig:
     summod_len: int = F(8, "sum-mod-p control: operands", 1, 64)
     summod_p: int = F(10, "sum-mod-p control: modulus", 2, 97)
     test_examples: int = F(2000, "held-out test set size per task (own seed)", 100, 10**6)
-    level_by_depth: bool = F(True, "toy training: a batch drawn at depth r mixes levels 1..ceil(level·r/r_max) "
-                             "(r ≥ k for k-hop), so shallow draws are not spent on problems they cannot solve")
+    level_by_depth: bool = F(True, "toy training: a batch drawn at depth r mixes levels 1..ceil(level·r/r̄), all "
+                             "at r ≥ r̄ (r ≥ k for k-hop), so shallow draws are not spent on problems they cannot solve")
     eval_r_max: int = F(0, "toy evaluation: the depth curve reads out after passes 1..this; 0 = 2·r_mean", 0, 256)
     stage_threads: int = F(0, "torch CPU threads in a stage; 0 = torch's default (all cores)", 0, 1024)
     smoke_steps: int = F(150, "smoke: steps checked for NaN, scale and gate health", 1, 10**6)

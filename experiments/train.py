@@ -28,11 +28,12 @@ from refiner_model.precision import Precision
 
 
 def level_cap(task: Task, r: int, settings: Settings) -> int | None:
-    """The hardest level a batch at depth r may hold (None = the task's hardest)."""
-    m = settings.model
-    if not settings.stages.level_by_depth or m.arch == "stack" or r >= m.r_max:
+    """The hardest level a batch at depth r may hold (None = the task's hardest): the hardest level is the one
+    read out at r̄, so fewer passes get proportionally easier problems and r ≥ r̄ gets them all — passes beyond
+    what a problem needs (k-hop: r > k) train the loop to hold its answer rather than keep going."""
+    if not settings.stages.level_by_depth or settings.model.arch == "stack" or r >= settings.r_eval:
         return None
-    return max(1, math.ceil(task.level * r / max(m.r_max, 1)))
+    return max(1, math.ceil(task.level * r / max(settings.r_eval, 1)))
 
 
 def eval_r_max(settings: Settings) -> int:

@@ -132,3 +132,19 @@ def test_controls(settings):
 def test_depth_tasks_have_levels_and_fingerprint_is_stable(settings):
     assert set(DEPTH_TASKS) <= set(config.TASK_NAMES)
     assert fingerprint() == fingerprint() and len(fingerprint()) == 64
+
+
+def test_level_cap_scales_to_rbar_so_extra_passes_must_hold(settings):
+    """A batch at depth r holds levels up to ceil(level·r/r̄); at r ≥ r̄ every level, so for k-hop a draw of
+    r = 4 with k = 2 trains the loop to keep its answer for the two passes it does not need."""
+    from experiments.train import level_cap
+
+    s = settings.replace({"khop_k": 2, "r_min": 1, "r_max": 4, "r_mean": 2})
+    khop = make_task("khop", s)
+    assert [level_cap(khop, r, s) for r in (1, 2, 3, 4)] == [1, None, None, None]
+    deep = settings.replace({"khop_k": 4, "r_min": 1, "r_max": 4, "r_mean": 4})
+    assert [level_cap(make_task("khop", deep), r, deep) for r in (1, 2, 3, 4)] == [1, 2, 3, None]
+    assert level_cap(khop, 1, s.replace({"level_by_depth": False})) is None
+    assert level_cap(khop, 1, s.replace({"arch": "stack"})) is None
+    batch = khop.train_batch(seed=1, step=0, n=256, max_level=level_cap(khop, 1, s))
+    assert set(batch.level.tolist()) == {1}
