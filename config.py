@@ -96,6 +96,8 @@ class ModelConfig:
     r_mean: int = F(4, "r̄: mean training depth; the stack arm's depth; the primary read-out depth", 1, 256)
     r_eval: int = F(0, "passes at inference; 0 = r_mean", 0, 256)
     r_sigma: float = F(0.5, "lognormal sigma of the poisson_lognormal sampler (Huginn uses 0.5)", 0.0, 5.0)
+    r_hold_frac: float = F(0.0, "uniform sampler: the first fraction of training draws r ≤ r̄ only, so the loop learns "
+                           "its step before it learns to hold the answer through extra passes", 0.0, 1.0)
     backprop_window: int = F(0, "gradients flow through the last N passes only; 0 = all", 0, 256)
     gate: str = F("channel", "refiner gate granularity: sigmoid per channel or one per token",
                   choices=("channel", "token"))

@@ -47,8 +47,8 @@ def probe(model, s, seed: int, prec) -> list[float]:
     task = make_task(s.stages.full_probe_task, s)
     m = copy.deepcopy(model)
     opt = configure_optimizer(m, s)
-    sampler = DepthSampler(s, seed + 1)
     steps = s.stages.full_probe_steps
+    sampler = DepthSampler(s, seed + 1, steps)
     for step in range(steps):
         r = sampler.draw(step)
         idx, pos, ans = tensors(task.train_batch(seed, step, s.train.batch_size, level_cap(task, r, s)),
@@ -72,7 +72,7 @@ def train_lm(ctx: Ctx, arm: str, arch: str, seed: int, units_base: float) -> dic
     check_fits(s, s.train.batch_size, s.model.seq_len, device_type=prec.device.type)
     model = build_model(s).to(prec.device)
     opt = configure_optimizer(model, s)
-    sampler = DepthSampler(s, seed)
+    sampler = DepthSampler(s, seed, s.stages.full_steps)
     ck = ctx.run.path / "ckpt" / f"{arm}-s{seed}"
     start, val_hist, tokens = 0, [], 0
     if ck.exists() or ck.with_name(ck.name + ".old").exists():

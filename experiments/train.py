@@ -86,7 +86,7 @@ def train_task(settings: Settings, task_name: str, seed: int, steps: int, arch: 
     prec = Precision.from_settings(s)
     model = build_model(s, vocab_size=task.vocab_size).to(prec.device)
     opt = configure_optimizer(model, s)
-    sampler = DepthSampler(s, seed)
+    sampler = DepthSampler(s, seed, steps)
     noise_rng = np.random.default_rng([seed, 0xBAD])
     history, t0, tokens = [], time.perf_counter(), 0
     gate_means: dict[int, list] = {}

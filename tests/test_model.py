@@ -85,6 +85,16 @@ def test_uniform_sampler_range_mean_and_determinism():
     assert s.draw(17) == s.draw(17)  # a function of (seed, step): resume draws the same
 
 
+def test_uniform_sampler_holds_back_deep_draws_for_r_hold_frac():
+    st = settings(r_min=1, r_max=3, r_mean=2, r_hold_frac=0.5)
+    s = DepthSampler(st, seed=3, steps=1000)
+    early, late = {s.draw(i) for i in range(500)}, {s.draw(i) for i in range(500, 1000)}
+    assert early == {1, 2} and late == {1, 2, 3}
+    plain = DepthSampler(st, seed=3)  # no step count: no curriculum
+    assert {plain.draw(i) for i in range(500)} == {1, 2, 3}
+    assert [s.draw(i) for i in range(500, 600)] == [plain.draw(i) for i in range(500, 600)]  # same stream after
+
+
 def test_poisson_lognormal_sampler_mean_and_range():
     st = settings(r_sampler="poisson_lognormal", r_min=1, r_max=64, r_mean=4)
     draws = [DepthSampler(st, seed=0).draw(i) for i in range(6000)]
