@@ -106,8 +106,8 @@ def build_pool(s: Settings, n_seeds: int, steps: int, log=print, cripple: str = 
     tasks = list(s.stages.tasks) + [s.stages.control_task]
     seeds = seeds if seeds is not None else list(range(1000, 1000 + n_seeds))  # calibration seeds: never an idea's
     wanted = {"normal": tasks, "crippled": list(s.stages.tasks), "shallow": tasks[:1]}
-    todo = [(t, v, seed) for seed in seeds for t in tasks for v in variants
-            if t in wanted[v] and (t, v, seed) not in have]
+    todo = [(t, v, seed) for seed in seeds for t in tasks for v in variants  # shallow: the first 5 seeds
+            if t in wanted[v] and (v != "shallow" or seed in seeds[:5]) and (t, v, seed) not in have]
 
     def keep(rec: dict) -> None:
         have[(rec["task"], rec["variant"], rec["seed"])] = rec
