@@ -13,7 +13,8 @@
   PostgreSQL, PRAGMA data_version polled every idle_poll_s on SQLite), a producer enqueueing one
   job at a time; "start" = the worker holds the claimed job (a real job's child process adds its
   own spawn time). Measured right after activity (a 20 ms gap between jobs; one backend at a time) and
-  after idle periods (two samples, each after 300 s idle; --quick: three after 10 s).
+  after idle: 7 more lanes per backend (own database, own waiting worker) left alone 300 s, then sampled
+  once each, 1 s apart (--quick: 3 lanes, 10 s).
 - double_claims / lost_jobs over every drain: each job's claims are counted by the claimers.
 
 Each figure is the median of 3 runs (--quick: 1). SQLite synchronous level: settings (NORMAL).
@@ -28,7 +29,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -191,41 +191,55 @@ def _latency_worker(url: str, ready, out_q) -> None:
     store.close()
 
 
-def latency(dbs: Databases, backend: str, active_n: int, idle_s: float, idle_n: int,
-            turn: threading.Event | None = None, done: threading.Event | None = None) -> dict:
-    """Active samples once `turn` is set (backends take turns: they do not share the CPU), `done` set
-    after them; then idle samples, each after idle_s (so two backends' idle samples do not coincide)."""
-    from jobqueue.store import Store
+class _Lane:
+    """One lane for latency samples: its own database, one worker process waiting on it, this process enqueueing."""
 
-    url = dbs.url(backend)
-    store = Store(_settings(url))
-    ctx = mp.get_context("spawn")
-    ready, q = ctx.Event(), ctx.Queue()
-    p = ctx.Process(target=_latency_worker, args=(url, ready, q))
-    p.start()
-    ready.wait(60)
-    time.sleep(0.5)
-    samples: dict[str, list[float]] = {"active": [], "idle": []}
+    def __init__(self, dbs: Databases, backend: str):
+        from jobqueue.store import Store
 
-    def one(phase: str) -> None:
-        store.enqueue(None, "task", "cpu", {"t0": time.time(), "phase": phase})
-        ph, ms = q.get(timeout=30)
-        samples[ph].append(ms)
+        self.url = dbs.url(backend)
+        self.store = Store(_settings(self.url))
+        ctx = mp.get_context("spawn")
+        self.ready, self.q = ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=_latency_worker, args=(self.url, self.ready, self.q))
+        self.proc.start()
 
-    if turn is not None:
-        turn.wait()
-    for _ in range(active_n):
-        time.sleep(0.02)  # the worker is back in its wait
-        one("active")
-    if done is not None:
-        done.set()
-    for _ in range(idle_n):
-        time.sleep(idle_s)
-        one("idle")
-    store.enqueue(None, "task", "cpu", {"stop": True})
-    p.join(30)
-    store.close()
-    return {k: {"p50_ms": statistics.median(v), "p99_ms": _pct(v, 99), "n": len(v)} for k, v in samples.items()}
+    def sample(self, phase: str) -> float:
+        self.store.enqueue(None, "task", "cpu", {"t0": time.time(), "phase": phase})
+        return self.q.get(timeout=30)[1]
+
+    def close(self) -> None:
+        self.store.enqueue(None, "task", "cpu", {"stop": True})
+        self.proc.join(30)
+        self.store.close()
+
+
+def latency(dbs: Databases, backends: list[str], active_n: int, idle_s: float, idle_n: int) -> dict:
+    """Mid-activity: active_n samples per backend (20 ms apart), one backend at a time so they do not share the
+    CPU. After idle: idle_n more lanes per backend, each with its own database and waiting worker, untouched
+    for idle_s and then sampled once, 1 s apart, interleaved across backends: idle_n samples for one wait."""
+    lanes = {b: [_Lane(dbs, b) for _ in range(idle_n + 1)] for b in backends}
+    try:
+        for lane in (x for ls in lanes.values() for x in ls):
+            lane.ready.wait(60)
+        t_idle = time.monotonic()
+        out: dict = {}
+        for b in backends:
+            active = []
+            for _ in range(active_n):
+                time.sleep(0.02)  # the worker is back in its wait
+                active.append(lanes[b][0].sample("active"))
+            out[b] = {"active": active, "idle": []}
+        order = [(b, i) for i in range(1, idle_n + 1) for b in backends]
+        for j, (b, i) in enumerate(order):
+            time.sleep(max(0.0, t_idle + idle_s + j - time.monotonic()))
+            out[b]["idle"].append(lanes[b][i].sample("idle"))
+    finally:
+        for lane in (x for ls in lanes.values() for x in ls):
+            lane.close()
+    return {b: {k: {"p50_ms": statistics.median(v), "p99_ms": _pct(v, 99), "n": len(v),
+                    **({"samples_ms": [round(x, 3) for x in v]} if k == "idle" else {})} for k, v in d.items()}
+            for b, d in out.items()}
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -295,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     n_jobs = {"sqlite": 2000 if a.quick else 10000, "pg": 1000 if a.quick else 4000}
     n_enq = {"sqlite": 1000 if a.quick else 4000, "pg": 500 if a.quick else 2000}
     counts = (1, 4) if a.quick else WORKER_COUNTS
-    idle_s, idle_n, active_n = (10.0, 3, 100) if a.quick else (300.0, 2, 400)
+    idle_s, idle_n, active_n = (10.0, 3, 100) if a.quick else (300.0, 7, 400)
 
     dbs = Databases(pg)
     tally = {"double_claims": 0, "lost_jobs": 0, "jobs": 0}
@@ -307,7 +321,6 @@ def main(argv: list[str] | None = None) -> int:
     figures["loadavg_start"] = os.getloadavg()  # the machine is shared: say how busy it was
     figures["fsync_ms_p50_start"] = fsync_ms(dbs.tmp)
     try:
-        lat_threads, lat_out = [], {}
         for b in backends:
             for w in counts:
                 key = f"{b}_{w}w"
@@ -323,18 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{figures['claims_per_s_separate'][key]:.0f}, batches of 10 "
                       f"{figures['claims_per_s_batch10'][key]:.0f}), enqueue/s {figures['enqueue_per_s'][key]:.0f}",
                       flush=True)
-        turn = threading.Event()
-        turn.set()
-        for b in backends:  # latency last: active phases one after the other, idle waits overlapping
-            done = threading.Event()
-            t = threading.Thread(target=lambda b=b, turn=turn, done=done: lat_out.__setitem__(
-                b, latency(dbs, b, active_n, idle_s, idle_n, turn, done)))
-            t.start()
-            lat_threads.append(t)
-            turn = done
-        for t in lat_threads:
-            t.join()
-        figures["latency"] = lat_out
+        figures["latency"] = latency(dbs, backends, active_n, idle_s, idle_n)
     finally:
         dbs.close()
     figures.update(tally)
