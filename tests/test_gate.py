@@ -180,3 +180,25 @@ def test_real_aa_uses_each_run_once():
     assert aa["verdicts"] == ["FAIL", "FAIL"] and aa["false_pass_ci95"][1] < 0.85
     shifted = np.concatenate([rng.normal(80, 1.0, 5), rng.normal(60, 1.0, 5)])  # candidate seeds first
     assert real_aa(pool(shifted), s)["verdicts"] == ["PASS"]
+
+
+def test_pool_cache_keeps_crippled_runs_per_cripple_mode(tmp_path, monkeypatch):
+    """Normal runs are reused whatever the crippled arm; crippled runs only by the same cripple mode."""
+    import json
+
+    from experiments import calibrate
+
+    monkeypatch.setattr(calibrate, "POOL_DIR", tmp_path)
+    s = S.replace({"tasks": ("khop",), "control_task": "copy"})
+    key = calibrate._pool_key(s, 100)
+
+    def rec(task, variant, acc):
+        return json.dumps({"task": task, "variant": variant, "seed": 1000, "r1": acc, "rbar": acc, "r2bar": acc,
+                           "curve": [acc], "train_s": 0.0})
+
+    (tmp_path / f"pool-{key}-quarter.jsonl").write_text(
+        "\n".join([rec("khop", "normal", 90.0), rec("copy", "normal", 99.0), rec("khop", "crippled", 50.0)]) + "\n")
+    (tmp_path / f"pool-{key}-tenth.jsonl").write_text(rec("khop", "crippled", 20.0) + "\n")
+    pool = calibrate.build_pool(s, 1, 100, cripple="tenth", log=lambda m: None)  # all cached: nothing trains
+    assert pool["khop"]["normal"][0]["rbar"] == 90.0 and pool["khop"]["crippled"][0]["rbar"] == 20.0
+    assert calibrate.build_pool(s, 1, 100, cripple="quarter", log=lambda m: None)["khop"]["crippled"][0]["rbar"] == 50
