@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 import config
 from jobqueue.db import Base, is_sqlite, write_tx
+from jobqueue.wake import NOTIFY_CHANNEL
 
 _LOCK_KEY = 0x7265_6669  # "refi": PostgreSQL advisory lock id for schema changes
 
@@ -109,8 +110,8 @@ PG_TRIGGERS += (
     "CREATE OR REPLACE TRIGGER jobs_release_dependents AFTER UPDATE OF state ON jobs FOR EACH ROW "
     "WHEN (NEW.state = 'succeeded' AND OLD.state IS DISTINCT FROM 'succeeded') "
     "EXECUTE FUNCTION refinery_release_dependents()",
-    """CREATE OR REPLACE FUNCTION refinery_notify() RETURNS trigger AS $fn$ BEGIN
-        PERFORM pg_notify('refinery_jobs', NEW.lane); RETURN NULL; END $fn$ LANGUAGE plpgsql""",
+    f"""CREATE OR REPLACE FUNCTION refinery_notify() RETURNS trigger AS $fn$ BEGIN
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', NEW.lane); RETURN NULL; END $fn$ LANGUAGE plpgsql""",
     "CREATE OR REPLACE TRIGGER jobs_notify AFTER INSERT OR UPDATE OF state ON jobs FOR EACH ROW "
     "WHEN (NEW.state IN ('queued', 'retrying')) EXECUTE FUNCTION refinery_notify()",
 )

@@ -31,8 +31,7 @@ from jobqueue.db import init_db, is_sqlite, make_engine, normalise_url
 from jobqueue.db import unique_violation as _unique_violation
 from jobqueue.models import CLAIMABLE, FINAL, JOB_COLUMNS, Event, Job, Lane, State
 from jobqueue.proc import Owner, same_process
-
-NOTIFY_CHANNEL = "refinery_jobs"  # what migrations.py's notify trigger sends on
+from jobqueue.wake import Waiter
 
 
 class UnknownJob(config.RefineryError, KeyError):
@@ -88,7 +87,7 @@ class Store:
         self._finish_claim_sql = self._sql(
             f"WITH fin AS ({self._FINISH}), nxt AS ({nxt})"
             " SELECT (SELECT COUNT(*) FROM fin) AS finished, nxt.* FROM (SELECT 1) AS one LEFT JOIN nxt ON true")
-        self._watch = None  # the idle waiter's connection (wait_for_work)
+        self._waiter = Waiter(self.url, self.engine, settings.queue.idle_poll_s)
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -99,9 +98,7 @@ class Store:
                 except Exception:  # noqa: BLE001 - closing a broken connection
                     pass
             self._all.clear()
-            if self._watch is not None:
-                self._watch.close()
-                self._watch = None
+            self._waiter.close()
         self._local = threading.local()
         self.engine.dispose()
 
@@ -590,40 +587,6 @@ class Store:
 
     # ------------------------------------------------------------------ waiting for work
     def wait_for_work(self, timeout: float) -> bool:
-        """Block until the queue changes or `timeout` passes; True if woken. PostgreSQL: LISTEN/NOTIFY.
-        SQLite: `PRAGMA data_version` (bumped by other connections' commits) re-read every idle_poll_s:
-        a read of shared memory, no lock, so waiting workers never slow the writers."""
-        deadline = time.monotonic() + timeout
-        try:
-            if self._watch is None:
-                self._watch = self._open_watch()
-            if not self.sqlite:
-                return any(True for _ in self._watch.notifies(timeout=max(0.0, timeout), stop_after=1))
-            first = self._watch.execute("PRAGMA data_version").fetchone()[0]
-            while time.monotonic() < deadline:
-                time.sleep(min(self.settings.queue.idle_poll_s, max(0.0, deadline - time.monotonic())))
-                if self._watch.execute("PRAGMA data_version").fetchone()[0] != first:
-                    return True
-            return False
-        except Exception:  # noqa: BLE001 - the server went away: reconnect next time, wait out the timeout
-            watch, self._watch = self._watch, None
-            if watch is not None:
-                try:
-                    watch.close()
-                except Exception:  # noqa: BLE001
-                    pass
-            time.sleep(max(0.0, deadline - time.monotonic()))
-            return False
-
-    def _open_watch(self):
-        if self.sqlite:
-            import sqlite3
-
-            return sqlite3.connect(self.url.split("sqlite:///", 1)[1].split("?", 1)[0], isolation_level=None,
-                                   check_same_thread=False)
-        import psycopg
-
-        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
-        conn = psycopg.connect(*cargs, **cparams, autocommit=True)
-        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        return conn
+        """Block until the queue changes or `timeout` passes; True if woken (jobqueue/wake.py: LISTEN/NOTIFY
+        on PostgreSQL, PRAGMA data_version on SQLite)."""
+        return self._waiter.wait(timeout)
