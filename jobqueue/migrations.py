@@ -103,7 +103,8 @@ SQLITE_TRIGGERS += (
         WHEN NEW.state = 'succeeded' AND OLD.state IS NOT 'succeeded' BEGIN {_RELEASE}; END""",
 )
 # PostgreSQL: every row that becomes claimable (enqueued, requeued, released, retried) wakes the
-# waiting workers (LISTEN refinery_jobs, payload = lane) when its transaction commits.
+# waiting workers when its transaction commits (channel refinery_jobs_<schema>: queues kept in other
+# schemas of the same database do not wake each other; payload = lane).
 PG_TRIGGERS += (
     f"""CREATE OR REPLACE FUNCTION refinery_release_dependents() RETURNS trigger AS $fn$ BEGIN
         {_RELEASE}; RETURN NULL; END $fn$ LANGUAGE plpgsql""",
@@ -111,7 +112,7 @@ PG_TRIGGERS += (
     "WHEN (NEW.state = 'succeeded' AND OLD.state IS DISTINCT FROM 'succeeded') "
     "EXECUTE FUNCTION refinery_release_dependents()",
     f"""CREATE OR REPLACE FUNCTION refinery_notify() RETURNS trigger AS $fn$ BEGIN
-        PERFORM pg_notify('{NOTIFY_CHANNEL}', NEW.lane); RETURN NULL; END $fn$ LANGUAGE plpgsql""",
+        PERFORM pg_notify('{NOTIFY_CHANNEL}_' || TG_TABLE_SCHEMA, NEW.lane); RETURN NULL; END $fn$ LANGUAGE plpgsql""",
     "CREATE OR REPLACE TRIGGER jobs_notify AFTER INSERT OR UPDATE OF state ON jobs FOR EACH ROW "
     "WHEN (NEW.state IN ('queued', 'retrying')) EXECUTE FUNCTION refinery_notify()",
 )

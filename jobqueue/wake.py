@@ -1,9 +1,10 @@
 """How an idle worker waits for work without polling the queue's tables.
 
-PostgreSQL: LISTEN on NOTIFY_CHANNEL; a trigger (migrations.py) NOTIFYs, at commit, on every row that
-becomes claimable. SQLite: `PRAGMA data_version`, which other connections' commits bump, re-read every
-idle_poll_s — a read of shared memory, no lock, so waiting workers never slow the writers. Neither backs
-off: a job enqueued after hours of quiet is seen as fast as one enqueued mid-burst.
+PostgreSQL: LISTEN on NOTIFY_CHANNEL_<schema>; a trigger (migrations.py) NOTIFYs, at commit, on every row
+that becomes claimable (per schema, so queues in other schemas of one database do not wake each other).
+SQLite: `PRAGMA data_version`, which other connections' commits bump, re-read every idle_poll_s — a read
+of shared memory, no lock, so waiting workers never slow the writers. Neither backs off: a job enqueued
+after hours of quiet is seen as fast as one enqueued mid-burst.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class Waiter:
             return sqlite3.connect(self.url.split("sqlite:///", 1)[1].split("?", 1)[0], isolation_level=None,
                                    check_same_thread=False)
         import psycopg
+        import psycopg.sql
 
         cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
         conn = psycopg.connect(*cargs, **cparams, autocommit=True)
-        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]  # the trigger's TG_TABLE_SCHEMA
+        conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(f"{NOTIFY_CHANNEL}_{schema}")))
         return conn

@@ -323,3 +323,27 @@ def test_wait_for_work_wakes_on_enqueue(store):
     t.join()
     other.close()
     assert got["woken"] and got["after"] < 2.0
+
+
+@pytest.mark.postgres
+def test_pg_queues_in_other_schemas_do_not_wake_each_other(pg_url, tmp_path):
+    import uuid
+
+    from tests.conftest import _pg_connect
+
+    other = "t_" + uuid.uuid4().hex[:12]
+    with _pg_connect() as conn:
+        conn.execute(f'CREATE SCHEMA "{other}"')
+    mine = Store(settings_for(queue_env(pg_url, tmp_path)))
+    theirs = Store(settings_for(queue_env(pg_url.rsplit("%3D", 1)[0] + "%3D" + other, tmp_path)))
+    try:
+        mine.wait_for_work(0.01)  # LISTENing from here on
+        theirs.enqueue(None, "task", "cpu", {})
+        assert mine.wait_for_work(0.5) is False  # another queue's work is not ours
+        with Store(mine.settings) as same_queue:
+            same_queue.enqueue(None, "task", "cpu", {})
+        assert mine.wait_for_work(5.0) is True
+    finally:
+        mine.close(), theirs.close()
+        with _pg_connect() as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
