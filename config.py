@@ -1,8 +1,7 @@
 """refinery's single source of truth: every constant, typed, validated, overridable.
 
-One commented list, grouped under ruler headings. Each field carries its unit,
-its allowed range and why it has the value it has. Nothing else in the
-repository defines a constant of its own; modules read them from here.
+One commented list, grouped under ruler headings. Each field carries its unit, its allowed range and
+why it has the value it has. Nothing else defines a constant of its own; modules read them from here.
 
 Layers, later wins:  defaults  <  hardware profile  <  size preset (model dims)
                      <  environment (REFINERY_<FIELD>, MODEL_ARCH)  <  REFINERY_ENV_FILE's lines
@@ -84,8 +83,7 @@ class ModelConfig:
     n_heads: int = F(0, "attention heads; 0 = from the preset", 0, 128)
     d_mlp: int = F(0, "SwiGLU hidden width; 0 = from the preset", 0, 32768)
     n_prelude: int = F(1, "causal blocks before the loop", 0, 64)
-    prelude_attention: bool = F(True, "prelude blocks attend (False: MLP-only prelude, so depth must come "
-                                "from the loop)")
+    prelude_attention: bool = F(True, "prelude blocks attend (False: MLP-only, so depth must come from the loop)")
     vocab_size: int = F(50304, "r50k_base (50257) padded to a multiple of 128 for tensor cores", 2, 1 << 20)
     seq_len: int = F(64, "tokens per example (toy tasks) or per window (language modelling)", 4, 32768)
     r_sampler: str = F("uniform", "training depth distribution: uniform on [r_min, r_max], Huginn's "
@@ -96,8 +94,7 @@ class ModelConfig:
     r_mean: int = F(4, "r̄: mean training depth; the stack arm's depth; the primary read-out depth", 1, 256)
     r_eval: int = F(0, "passes at inference; 0 = r_mean", 0, 256)
     r_sigma: float = F(0.5, "lognormal sigma of the poisson_lognormal sampler (Huginn uses 0.5)", 0.0, 5.0)
-    r_hold_frac: float = F(0.0, "uniform sampler: the first fraction of training draws r ≤ r̄ only, so the loop learns "
-                           "its step before it learns to hold the answer through extra passes", 0.0, 1.0)
+    r_hold_frac: float = F(0.0, "uniform sampler: r ≤ r̄ for this first fraction of training (hop, then hold)", 0.0, 1.0)
     backprop_window: int = F(0, "gradients flow through the last N passes only; 0 = all", 0, 256)
     gate: str = F("channel", "refiner gate granularity: sigmoid per channel or one per token",
                   choices=("channel", "token"))
@@ -235,8 +232,8 @@ class QueueConfig:
     sqlite_synchronous: str = F("NORMAL", "SQLite synchronous level in WAL mode: NORMAL survives kill -9, "
                                 "may lose the last commits on power loss", choices=("NORMAL", "FULL"))
     sqlite_busy_timeout_ms: int = F(30000, "SQLite busy timeout", 0, 10**7)
-    sqlite_checkpoint_pages: int = F(10000, "WAL pages before a commit checkpoints (wal_autocheckpoint); workers also "
-                                     "checkpoint every heartbeat_s, which bounds NORMAL's power-loss window", 0, 10**7)
+    sqlite_checkpoint_pages: int = F(10000, "WAL pages between checkpoints; workers also checkpoint every heartbeat_s",
+                                     0, 10**7)
     idle_poll_s: float = F(0.002, "an idle SQLite worker's re-check period (PostgreSQL uses LISTEN/NOTIFY)",
                            0.0005, 60.0)
     runs_dir: str = F("runs", "run directories, runs/locks/ and runs/agent/ (relative paths are under the repo)")
@@ -272,8 +269,7 @@ class DaemonConfig:
     docs_dir: str = F("docs", "where findings/, registry/ and ROADMAP.md are written (relative: under the repo)")
     git_commit: bool = F(True, "commit refinery's documents when docs_dir is inside a git repository")
     progress_edit_s: float = F(60.0, "the per-idea progress comment is edited at most this often", 1.0, 86400.0)
-    full_requires_approval: bool = F(False, "full runs wait for a 👍 from a writer on the replication's result "
-                                     "comment")
+    full_requires_approval: bool = F(False, "full runs wait for a 👍 from a writer on the replication's result")
     graveyard_max_diff: int = F(2, "intake: a new idea resembles a killed one when their effective specs differ "
                                 "in at most this many idea-defining keys (budgets and seeds ignored)", 0, 1000)
     noise_floor_every_s: float = F(0.0, "re-run the control (reasoner) on fresh seeds this often when its lane is "
