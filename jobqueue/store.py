@@ -1,10 +1,10 @@
 """The store: the only module with job SQL. Every method is one transaction.
 
-The claim is a single UPDATE ... WHERE id = (best eligible row) RETURNING *, inside BEGIN
-IMMEDIATE on SQLite (writers queue on the busy timeout) and with FOR UPDATE SKIP LOCKED on
-PostgreSQL (claimers skip each other's rows). It increments `attempt`, the fencing token: every
-later write by the claimer carries WHERE id = ? AND attempt = ? AND state = 'running', so a
-worker whose lease was taken over writes nothing (LeaseLost) and stops.
+The claim is a single UPDATE ... WHERE id = (best eligible row) RETURNING <the job's columns>, inside
+BEGIN IMMEDIATE on SQLite (writers queue on the busy timeout) and with FOR UPDATE SKIP LOCKED on
+PostgreSQL (claimers skip each other's rows; in autocommit, so one round trip). It increments
+`attempt`, the fencing token: every later write by the claimer carries WHERE id = ? AND attempt = ?
+AND state = 'running', so a worker whose lease was taken over writes nothing (LeaseLost) and stops.
 
 Statements run on the DBAPI cursor of a pooled SQLAlchemy connection (one per thread), with
 `:name` parameters (rewritten to `%(name)s` for psycopg): SQLAlchemy's per-statement result
