@@ -4,12 +4,12 @@
 (b) Positive controls, each an effect known and measured separately; the detection rate is how often the gate
     PASSes it.
     - depth (the `detection_rate` target): candidate = the pool runs' accuracy at r̄, control = the same runs'
-      accuracy at r = 1 (the same weights read shallower), on every task — the depth effect item 7 found
-      (ListOps depth 2, prelude without attention). Every check of the rule applies as written, but two of them
-      measure this very effect again: the per-seed depth-gain check (r̄ − r = 1 ≥ 10 in 4 of 5) is the Δ
-      check seed by seed, and the FAIL rule's "r = 1 → r̄ gain < 3" is its mean. Overthinking (2r̄ vs r̄) is the
-      candidate's own; the control task compares the same runs at r̄ and r = 1 (a constant-depth task: depth
-      must not change it), both readings ≥ 95%.
+      accuracy at r = 1 (the same weights read shallower), on every task — the depth effect item 7 found (k-hop k =
+      2, the demo spec; docs/findings/2026-11-24-i6-depth-does-work-khop-tiny-cpu.md). Every check of the rule
+      applies as written, but two of them measure this very effect again: the per-seed depth-gain check (r̄ − r = 1
+      ≥ 10 in 4 of 5) is the Δ check seed by seed, and the FAIL rule's "r = 1 → r̄ gain < 3" is its mean.
+      Overthinking (2r̄ vs r̄) is the candidate's own; the control task compares the same runs at r̄ and r = 1 (a
+      constant-depth task: depth must not change it), both readings ≥ 95%.
     - crippled (`detection_rate_crippled`): a deliberately crippled control arm (--cripple: a tenth of the
       steps, the default, a quarter, or label noise on the depth tasks; the control task left intact).
 (c) depth_gain_points: accuracy at r̄ minus the same weights at r = 1 on the primary depth task, the minimum over
