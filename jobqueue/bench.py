@@ -14,7 +14,9 @@
   job at a time; "start" = the worker holds the claimed job (a real job's child process adds its
   own spawn time). Measured right after activity (a 20 ms gap between jobs; one backend at a time) and
   after idle: 7 more lanes per backend (own database, own waiting worker) left alone 300 s, then sampled
-  once each, 1 s apart (--quick: 3 lanes, 10 s).
+  once each, 1 s apart (--quick: 3 lanes, 10 s). Each sample also times its two durable commits (the
+  enqueue call, the claim call), and a quiet curve gives the p50 after 0.02, 0.1, 0.3, 1 and 3 s of a
+  quiet machine: a queue that backed off would keep getting slower with the gap.
 - double_claims / lost_jobs over every drain: each job's claims are counted by the claimers.
 
 Each figure is the median of 3 runs (--quick: 1). SQLite synchronous level: settings (NORMAL).
@@ -179,6 +181,7 @@ def _latency_worker(url: str, ready, out_q) -> None:
     owner = Owner.current("bench")
     ready.set()
     while True:
+        t_claim = time.time()
         job = store.claim("cpu", owner)
         if job is None:
             store.wait_for_work(1.0)
@@ -186,7 +189,7 @@ def _latency_worker(url: str, ready, out_q) -> None:
         t = time.time()
         if job.payload.get("stop"):
             break
-        out_q.put((job.payload["phase"], (t - job.payload["t0"]) * 1000.0))
+        out_q.put((job.payload["phase"], (t - job.payload["t0"]) * 1000.0, (t - t_claim) * 1000.0))
         store.finish(job.id, job.attempt, {})
     store.close()
 
@@ -204,9 +207,13 @@ class _Lane:
         self.proc = ctx.Process(target=_latency_worker, args=(self.url, self.ready, self.q))
         self.proc.start()
 
-    def sample(self, phase: str) -> float:
-        self.store.enqueue(None, "task", "cpu", {"t0": time.time(), "phase": phase})
-        return self.q.get(timeout=30)[1]
+    def sample(self, phase: str) -> tuple[float, float, float]:
+        """(enqueue → start, the enqueue call, the claim call) in ms: the two durable commits on the path."""
+        t0 = time.time()
+        self.store.enqueue(None, "task", "cpu", {"t0": t0, "phase": phase})
+        enqueue_ms = (time.time() - t0) * 1000.0
+        _, total_ms, claim_ms = self.q.get(timeout=30)
+        return total_ms, enqueue_ms, claim_ms
 
     def close(self) -> None:
         self.store.enqueue(None, "task", "cpu", {"stop": True})
@@ -214,35 +221,53 @@ class _Lane:
         self.store.close()
 
 
-def latency(dbs: Databases, backends: list[str], active_n: int, idle_s: float, idle_n: int) -> dict:
+def latency(dbs: Databases, backends: list[str], active_n: int, idle_s: float, idle_n: int,
+            quiet: tuple[tuple[float, int], ...]) -> dict:
     """Mid-activity: active_n samples per backend (20 ms apart), one backend at a time so they do not share the
     CPU. After idle: idle_n more lanes per backend, each with its own database and waiting worker, run one
     job, then left alone for idle_s and sampled once, 1 s apart, interleaved across backends: idle_n samples
     for one wait. (Without that first job a sample also pays for its connections' first statements: on
-    PostgreSQL the idle p50 then measured 8.9 ms.)"""
+    PostgreSQL the idle p50 then measured 8.9 ms.) Then the quiet curve: the p50 after each (gap_s, n) of
+    `quiet` with the machine otherwise quiet, on the mid-activity lane, one backend at a time: whether a
+    slower start after idle comes from the queue (it would keep growing with the gap) or from the machine
+    (it levels off within a second). Every sample also times its two durable commits: the enqueue call
+    and the claim call."""
     lanes = {b: [_Lane(dbs, b) for _ in range(idle_n + 1)] for b in backends}
+    out: dict = {b: {"active": [], "idle": []} for b in backends}
+    curve: dict = {b: {} for b in backends}
     try:
         for lane in (x for ls in lanes.values() for x in ls):
             lane.ready.wait(60)
             lane.sample("warm")  # each lane has worked once (a daemon's connections have): idle, not cold
         t_idle = time.monotonic()
-        out: dict = {}
         for b in backends:
-            active = []
             for _ in range(active_n):
                 time.sleep(0.02)  # the worker is back in its wait
-                active.append(lanes[b][0].sample("active"))
-            out[b] = {"active": active, "idle": []}
+                out[b]["active"].append(lanes[b][0].sample("active"))
         order = [(b, i) for i in range(1, idle_n + 1) for b in backends]
         for j, (b, i) in enumerate(order):
             time.sleep(max(0.0, t_idle + idle_s + j - time.monotonic()))
             out[b]["idle"].append(lanes[b][i].sample("idle"))
+        for b in backends:
+            for gap, n in quiet:
+                xs = []
+                for _ in range(n):
+                    time.sleep(gap)
+                    xs.append(lanes[b][0].sample("quiet"))
+                curve[b][f"{gap:g}"] = _summary(xs)
     finally:
         for lane in (x for ls in lanes.values() for x in ls):
             lane.close()
-    return {b: {k: {"p50_ms": statistics.median(v), "p99_ms": _pct(v, 99), "n": len(v),
-                    **({"samples_ms": [round(x, 3) for x in v]} if k == "idle" else {})} for k, v in d.items()}
+    return {b: {**{k: _summary(v, samples=k == "idle") for k, v in d.items()}, "quiet_curve": curve[b]}
             for b, d in out.items()}
+
+
+def _summary(xs: list[tuple[float, float, float]], samples: bool = False) -> dict:
+    total = [x[0] for x in xs]
+    return {"p50_ms": statistics.median(total), "p99_ms": _pct(total, 99), "n": len(xs),
+            "enqueue_call_p50_ms": statistics.median(x[1] for x in xs),
+            "claim_call_p50_ms": statistics.median(x[2] for x in xs),
+            **({"samples_ms": [round(x, 3) for x in total]} if samples else {})}
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -314,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     n_enq = {"sqlite": 1000 if a.quick else 4000, "pg": 500 if a.quick else 2000}
     counts = (1, 4) if a.quick else WORKER_COUNTS
     idle_s, idle_n, active_n = (10.0, 3, 100) if a.quick else (300.0, 7, 400)
+    quiet = ((0.02, 10), (0.3, 10), (1.0, 5)) if a.quick else ((0.02, 40), (0.1, 30), (0.3, 20), (1.0, 15), (3.0, 8))
 
     dbs = Databases(pg)
     tally = {"double_claims": 0, "lost_jobs": 0, "jobs": 0}
@@ -341,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{figures['claims_per_s_batch10'][key]:.0f}), enqueue/s {figures['enqueue_per_s'][key]:.0f}",
                       flush=True)
         if a.only != "throughput":
-            figures["latency"] = latency(dbs, backends, active_n, idle_s, idle_n)
+            figures["latency"] = latency(dbs, backends, active_n, idle_s, idle_n, quiet)
     finally:
         dbs.close()
     figures.update(tally)
@@ -394,13 +420,18 @@ def _print(doc: dict) -> None:
         t.add_column(c, justify="right")
     for key in f["claims_per_s"]:
         t.add_row(key, *(f"{f[n][key]:,.0f}" for n in names))
-    con.print(t)
-    lt = Table(title="enqueue → start (ms)")
-    for c in ("backend", "active p50", "active p99", "idle p50", "idle p99", "idle n"):
-        lt.add_column(c, justify="right")
-    for b, lat in f.get("latency", {}).items():
-        lt.add_row(b, f"{lat['active']['p50_ms']:.2f}", f"{lat['active']['p99_ms']:.2f}",
-                   f"{lat['idle']['p50_ms']:.2f}", f"{lat['idle']['p99_ms']:.2f}", str(lat["idle"]["n"]))
+    if f["claims_per_s"]:
+        con.print(t)
+    lat = f.get("latency", {})
+    lt = Table(title="enqueue → start p50 ms (enqueue call + claim call: its two durable commits)")
+    lt.add_column("phase")
+    for b in lat:
+        lt.add_column(b, justify="right")
+    for phase in ("active", "idle", *next(iter(lat.values()), {}).get("quiet_curve", {})):
+        name = {"active": "mid-activity", "idle": f"after {f['idle_s']:g} s idle"}.get(phase, f"after {phase} s quiet")
+        cells = [x[phase] if phase in x else x["quiet_curve"][phase] for x in lat.values()]
+        lt.add_row(name, *(f"{c['p50_ms']:.2f} ({c['enqueue_call_p50_ms']:.2f} + {c['claim_call_p50_ms']:.2f})"
+                           for c in cells))
     con.print(lt)
     tt = Table(title="targets")
     for c in ("name", "value", "target", "unit", "met"):
