@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arm", default="candidate", choices=("candidate", "control"),
                     help="with --from-run: whose runs form the A/A pool")
     ap.add_argument("--from-run", help="reuse a finished ablation run's candidate arm as the pool (A/A from its "
-                    "seeds); the positive control's crippled arm then trains a quarter of the steps")
+                    "seeds); only the positive control's crippled arm (--cripple) is trained")
     args = ap.parse_args(argv)
     import torch
 
@@ -294,16 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         steps = s.stages.ablation_steps
         seeds = sorted({r["seed"] for t in pool.values() for r in t["normal"]})
         n_pool = len(seeds)
-        crip = build_pool(s, n_pool, steps, log=log, cripple="quarter", variants=("crippled",), jobs=args.jobs,
+        crip = build_pool(s, n_pool, steps, log=log, cripple=args.cripple, variants=("crippled",), jobs=args.jobs,
                           seeds=seeds[:args.pool_seeds] if args.pool_seeds else seeds)
         for t, vs in crip.items():
             pool[t]["crippled"] = vs["crippled"]
-        cripple = "a quarter of the steps on the depth tasks"
     else:
         pool = build_pool(s, n_pool, steps, log=log, jobs=args.jobs, cripple=args.cripple,
                           variants=("normal", "crippled", "shallow"))
-        cripple = {"tenth": "a tenth of the steps", "quarter": "a quarter of the steps"}.get(
-            args.cripple, f"label noise {NOISE}") + " on the depth tasks"
+    cripple = {"tenth": "a tenth of the steps", "quarter": "a quarter of the steps"}.get(
+        args.cripple, f"label noise {NOISE}") + " on the depth tasks"
     pool_s = time.time() - t0
     aa = simulate(pool, s, reps, "normal", "normal", seed=1)
     pos = simulate(pool, s, reps, "normal", "crippled", seed=2)
