@@ -217,22 +217,27 @@ def cmd_logs(args) -> int:
             job = store.get(args.id)
 
 
+class NothingToRun(config.RefineryError):
+    """`queue enqueue` on the gpu or cpu lane was given neither a spec nor a command.
+
+    Fix: add --spec FILE (a stage of that spec) or `-- CMD...` (any command)."""
+
+
 def cmd_enqueue(args) -> int:
-    from jobqueue.store import IllegalTransition
+    from experiments.spec import spec_from_file
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     payload: dict = {}
     if args.spec:
+        spec_from_file(args.spec)  # a bad spec is refused now, not failed later by the job
         spec = Path(args.spec).resolve()
-        if not spec.is_file():
-            raise IllegalTransition(f"spec file {args.spec} does not exist")
         stage = "replication" if args.kind == "replication" else args.kind
         payload = {"argv": ["{python}", "-m", "experiments.stage", stage, "--spec", str(spec), "--run-dir",
                             "{run_dir}", "--job-id", "{job_id}"], "spec_file": str(spec), "stage": stage}
     elif cmd:
         payload = {"argv": cmd}
     elif args.lane != "agent":
-        raise IllegalTransition("nothing to run: give --spec FILE or a command after --")
+        raise NothingToRun("nothing to run: give --spec FILE or a command after --")
     if args.lane == "agent":
         payload.update(title=args.title or f"work item ({args.kind})", body=args.body, labels=[])
     with _store() as store:

@@ -41,14 +41,11 @@ def _run_stage(args) -> int:
     import config
     from config import ROOT
     from experiments.runs import run_dir_name
-    from experiments.spec import SpecInvalid, parse_spec
+    from experiments.spec import spec_from_file
     from experiments.stage import execute
 
     console = Console(stderr=True)
-    text = Path(args.spec).read_text() if args.spec else ""
-    res = parse_spec(text, base=config.load())
-    if not res.ok:
-        raise SpecInvalid(f"{args.spec}: " + "; ".join(e.text() for e in res.errors))
+    res = spec_from_file(args.spec, base=config.load())
     stage = STAGE_OF[args.stage_cmd]
     if getattr(args, "replicate", False):
         stage = "replication"

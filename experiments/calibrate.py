@@ -272,13 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from experiments.spec import parse_spec
+    from experiments.spec import SpecInvalid, spec_from_file
 
-    spec = parse_spec(Path(args.spec).read_text() if args.spec and Path(args.spec).is_file() else "")
-    if not spec.ok:
-        print("calibrate: bad spec: " + spec.error_text(), file=sys.stderr)
+    try:
+        s = spec_from_file(args.spec or None).settings
+    except SpecInvalid as e:
+        print(f"calibrate: {e}", file=sys.stderr)
         return 2
-    s = spec.settings
     s = s.replace({"bootstrap_resamples": 2000,  # the CI is a FAIL test only
                    # a spec with fewer depth tasks than the rule's u is calibrated in its one-task form
                    "pass_min_tasks": min(s.gate.pass_min_tasks, len(s.stages.tasks))}, source="calibrate")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import config
@@ -31,7 +32,9 @@ SPEC_SECTIONS = ("model", "train", "stages")
 # Names people reach for that difflib cannot map (a looped model's vocabulary, not config's)
 ALIASES = {"n_refine": "r_max", "n_loops": "r_max", "loops": "r_mean", "n_iter": "r_mean", "depth": "r_mean",
            "recurrence": "r_mean", "learning_rate": "lr", "model": "arch", "architecture": "arch",
-           "steps": "ablation_steps", "seeds": "ablation_seeds", "size": "preset", "hops": "khop_k"}
+           "steps": "ablation_steps", "seeds": "ablation_seeds", "size": "preset", "hops": "khop_k",
+           # nanoGPT's names
+           "n_embd": "d_model", "n_head": "n_heads", "d_ff": "d_mlp", "n_layer": "r_mean", "n_layers": "r_mean"}
 PREREG_KEYS = {"hypothesis": str, "primary_task": str, "expected_delta": (int, float), "kill_if": str}
 
 
@@ -173,6 +176,21 @@ def parse_spec(text: str, base: Settings | None = None, line_offset: int = 0) ->
     if errors:
         return SpecResult(False, errors=errors, prereg=prereg, given=given)
     return SpecResult(True, spec=effective(settings), settings=settings, prereg=prereg, given=given)
+
+
+def spec_from_file(path: str | Path | None, base: Settings | None = None) -> SpecResult:
+    """The spec in a .toml file (None: the defaults), or SpecInvalid naming the file and every problem."""
+    if path is None:
+        return parse_spec("", base)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SpecInvalid(f"cannot read spec file {path} ({e.strerror}): give the path of a .toml spec, "
+                          "e.g. experiments/specs/demo.toml") from None
+    res = parse_spec(text, base)
+    if not res.ok:
+        raise SpecInvalid(f"{path}: " + "; ".join(e.text() for e in res.errors))
+    return res
 
 
 def _check_prereg(table: dict, lines: dict, err) -> dict:

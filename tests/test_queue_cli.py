@@ -132,3 +132,23 @@ def test_gpu_lock_runs_a_command_under_the_lock(sqlite_url, tmp_path, monkeypatc
     t0 = time.monotonic()
     with gpu_lock(settings, "0").acquire(timeout=5):  # released when the command ended
         assert time.monotonic() - t0 < 1
+
+
+def test_enqueue_refuses_bad_input_and_stores_nothing(sqlite_url, tmp_path, monkeypatch, capsys):
+    for k, v in queue_env(sqlite_url, tmp_path).items():
+        monkeypatch.setenv(k, v)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("n_layer = 4\n[model]\nr_max = 0\n")
+    rc, _, err = run(capsys, "queue", "enqueue", "--lane", "gpu", "--kind", "smoke", "--spec", str(bad))
+    assert rc == 2 and str(bad) in err and 'did you mean "r_mean"' in err and "r_max" in err
+    rc, _, err = run(capsys, "queue", "enqueue", "--lane", "gpu", "--kind", "smoke", "--spec", str(tmp_path / "no.toml"))
+    assert rc == 2 and "cannot read spec file" in err and "no.toml" in err
+    rc, _, err = run(capsys, "queue", "enqueue", "--lane", "cpu", "--kind", "task")
+    assert rc == 2 and "NothingToRun: nothing to run" in err
+    rc, _, err = run(capsys, "smoke", str(tmp_path / "no.toml"))  # the foreground stage: the same rule
+    assert rc == 2 and "cannot read spec file" in err
+    rc, out, _ = run(capsys, "queue", "ls", "--json")
+    assert rc == 0 and out.strip() == ""  # nothing was stored by any of the refusals
+    rc, out, _ = run(capsys, "queue", "enqueue", "--lane", "gpu", "--kind", "smoke", "--json",
+                     "--spec", str(ROOT / "experiments" / "specs" / "demo.toml"))
+    assert rc == 0 and json.loads(out)["state"] == "queued"
