@@ -432,7 +432,8 @@ def _print(doc: dict) -> None:
         cells = [x[phase] if phase in x else x["quiet_curve"][phase] for x in lat.values()]
         lt.add_row(name, *(f"{c['p50_ms']:.2f} ({c['enqueue_call_p50_ms']:.2f} + {c['claim_call_p50_ms']:.2f})"
                            for c in cells))
-    con.print(lt)
+    if lat:
+        con.print(lt)
     tt = Table(title="targets")
     for c in ("name", "value", "target", "unit", "met"):
         tt.add_column(c)
