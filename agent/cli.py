@@ -38,7 +38,7 @@ def format_error(exc: BaseException) -> str:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         lines.append(f"{type(exc).__name__}: {exc}" if not lines else f"  caused by {type(exc).__name__}: {exc}")
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)  # `raise ... from None`
     from agent.redact import redact
 
     return redact("\n".join(lines))

@@ -25,35 +25,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import sqlalchemy
+
 import config
 from jobqueue.db import Cursor as _Cursor
 from jobqueue.db import init_db, is_sqlite, make_engine, normalise_url
 from jobqueue.db import unique_violation as _unique_violation
+from jobqueue.errors import IllegalTransition, LeaseLost, QueueBusy, QueueUnavailable, UnknownJob
 from jobqueue.models import CLAIMABLE, FINAL, JOB_COLUMNS, Event, Job, Lane, State
 from jobqueue.proc import Owner, same_process
 from jobqueue.wake import Waiter
-
-
-class UnknownJob(config.RefineryError, KeyError):
-    """No job has this id. Fix: list the jobs with `refinery queue ls`."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
-class IllegalTransition(config.RefineryError):
-    """The job's state does not allow this action (e.g. cancelling a finished job).
-    Fix: check the state with `refinery queue show ID`; `queue retry` re-runs a failed or cancelled job."""
-
-
-class LeaseLost(config.RefineryError):
-    """This claim no longer holds the job: its lease expired and the job was requeued or taken over
-    (the fencing token moved on). Fix: stop working on it; claim again for new work."""
-
-
-class QueueBusy(config.RefineryError):
-    """The queue database stayed locked longer than the busy timeout.
-    Fix: find the process holding a long write transaction, or raise REFINERY_SQLITE_BUSY_TIMEOUT_MS."""
 
 
 def _wall_now(now: float | None) -> float:
@@ -73,8 +54,13 @@ class Store:
         self.url = normalise_url(url)
         self.sqlite = is_sqlite(self.url)
         self.host = settings.host_name
-        self.engine = make_engine(self.url, settings)
-        init_db(self.engine)
+        try:
+            self.engine = make_engine(self.url, settings)
+            init_db(self.engine)
+        except (OSError, sqlalchemy.exc.OperationalError) as e:
+            why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            shown = sqlalchemy.make_url(self.url).render_as_string(hide_password=True)
+            raise QueueUnavailable(f"cannot open the queue database {shown}: {why} (REFINERY_DB_URL)") from None
         self._local = threading.local()
         self._all: list = []
         self._lock = threading.Lock()

@@ -152,3 +152,15 @@ def test_enqueue_refuses_bad_input_and_stores_nothing(sqlite_url, tmp_path, monk
     rc, out, _ = run(capsys, "queue", "enqueue", "--lane", "gpu", "--kind", "smoke", "--json",
                      "--spec", str(ROOT / "experiments" / "specs" / "demo.toml"))
     assert rc == 0 and json.loads(out)["state"] == "queued"
+
+
+def test_unreachable_queue_database_is_one_line_without_the_password(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REFINERY_DB_URL", "postgresql://someone:hunter2@127.0.0.1:1/queue")  # nothing listens on 1
+    rc, _, err = run(capsys, "queue", "ls")
+    assert rc == 2 and "QueueUnavailable: cannot open the queue database" in err and "REFINERY_DB_URL" in err
+    assert "hunter2" not in err and "Connection refused" in err and len(err.strip().splitlines()) == 1
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("REFINERY_DB_URL", f"sqlite:///{blocker}/queue.db")  # its directory is a file
+    rc, _, err = run(capsys, "queue", "ls")
+    assert rc == 2 and "cannot open the queue database" in err and len(err.strip().splitlines()) == 1
