@@ -135,7 +135,8 @@ def load(split: str, corpus_dir: Path | str = CORPUS_DIR, verify: bool = False) 
     d = Path(corpus_dir)
     path, man = d / f"{split}.bin", d / "manifest.json"
     if not path.is_file() or not man.is_file():
-        raise CorpusError(f"{path} or its manifest is missing")
+        raise CorpusError(f"{path} or its manifest is missing: build it with `refinery corpus build PATH...` "
+                          "(or `--stdlib` for the offline demo corpus)")
     if verify:
         want = json.loads(man.read_text())["bin_sha256"][split]
         if hashlib.sha256(path.read_bytes()).hexdigest() != want:
