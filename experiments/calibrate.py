@@ -252,7 +252,8 @@ def real_aa(pool, s: Settings) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.calibrate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a small pool and fewer steps (under a few minutes)")
+    ap.add_argument("--quick", action="store_true", help="a small pool, fewer steps and resamples: checks the "
+                    "machinery in about a minute (its figures are not the calibration)")
     ap.add_argument("--json", default=str(DEFAULT_JSON))
     ap.add_argument("--spec", default=str(ROOT / "experiments" / "specs" / "demo.toml"),
                     help="the settings calibrated (default: the demo spec)")
@@ -279,17 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     except SpecInvalid as e:
         print(f"calibrate: {e}", file=sys.stderr)
         return 2
-    s = s.replace({"bootstrap_resamples": 2000,  # the CI is a FAIL test only
+    boot = 1000 if args.quick else 2000
+    s = s.replace({"bootstrap_resamples": boot,  # the CI is a FAIL test only
                    # a spec with fewer depth tasks than the rule's u is calibrated in its one-task form
                    "pass_min_tasks": min(s.gate.pass_min_tasks, len(s.stages.tasks))}, source="calibrate")
-    steps = args.steps or (max(s.stages.ablation_steps // 3, 50) if args.quick else s.stages.ablation_steps)
+    steps = args.steps or (max(s.stages.ablation_steps // 5, 50) if args.quick else s.stages.ablation_steps)
     n_pool = args.pool_seeds or (3 if args.quick else 8)
-    reps = args.reps or (200 if args.quick else 2000)
+    reps = args.reps or (100 if args.quick else 2000)
     t0 = time.time()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.from_run:
         s, pool = pool_from_run(Path(args.from_run), args.arm)
-        s = s.replace({"bootstrap_resamples": 2000,  # fewer depth tasks than the rule's u: the one-task form
+        s = s.replace({"bootstrap_resamples": boot,  # fewer depth tasks than the rule's u: the one-task form
                        "pass_min_tasks": min(s.gate.pass_min_tasks, len(s.stages.tasks))}, source="calibrate")
         steps = s.stages.ablation_steps
         seeds = sorted({r["seed"] for t in pool.values() for r in t["normal"]})
