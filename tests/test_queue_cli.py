@@ -141,7 +141,8 @@ def test_enqueue_refuses_bad_input_and_stores_nothing(sqlite_url, tmp_path, monk
     bad.write_text("n_layer = 4\n[model]\nr_max = 0\n")
     rc, _, err = run(capsys, "queue", "enqueue", "--lane", "gpu", "--kind", "smoke", "--spec", str(bad))
     assert rc == 2 and str(bad) in err and 'did you mean "r_mean"' in err and "r_max" in err
-    rc, _, err = run(capsys, "queue", "enqueue", "--lane", "gpu", "--kind", "smoke", "--spec", str(tmp_path / "no.toml"))
+    missing = str(tmp_path / "no.toml")
+    rc, _, err = run(capsys, "queue", "enqueue", "--lane", "gpu", "--kind", "smoke", "--spec", missing)
     assert rc == 2 and "cannot read spec file" in err and "no.toml" in err
     rc, _, err = run(capsys, "queue", "enqueue", "--lane", "cpu", "--kind", "task")
     assert rc == 2 and "NothingToRun: nothing to run" in err
