@@ -137,7 +137,8 @@ def _status(args) -> int:
                 prog += f", ETA {_dur(p['eta_s'])}"
             if p.get("what"):
                 prog += f" · {p['what']}"
-        con.print(f"running: job {r['id']} #{r['issue']} {r.get('stage', r['kind'])} ({r['lane']}), started "
+        issue = "" if r["issue"] is None else f" #{r['issue']}"
+        con.print(f"running: job {r['id']}{issue} {r.get('stage', r['kind'])} ({r['lane']}), started "
                   f"{_ago(r['started_at'])}{prog}  {r['run_dir'] or ''}")
     if st["queue"]:
         q = Table(title="queue")
