@@ -280,10 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     except SpecInvalid as e:
         print(f"calibrate: {e}", file=sys.stderr)
         return 2
-    boot = 1000 if args.quick else 2000
-    s = s.replace({"bootstrap_resamples": boot,  # the CI is a FAIL test only
-                   # a spec with fewer depth tasks than the rule's u is calibrated in its one-task form
-                   "pass_min_tasks": min(s.gate.pass_min_tasks, len(s.stages.tasks))}, source="calibrate")
+    def calibrated(s: Settings) -> Settings:
+        return s.replace({"bootstrap_resamples": 1000 if args.quick else 2000,  # the CI is a FAIL test only
+                          # a spec with fewer depth tasks than the rule's u is calibrated in its one-task form
+                          "pass_min_tasks": min(s.gate.pass_min_tasks, len(s.stages.tasks))}, source="calibrate")
+
+    s = calibrated(s)
     steps = args.steps or (max(s.stages.ablation_steps // 5, 50) if args.quick else s.stages.ablation_steps)
     n_pool = args.pool_seeds or (3 if args.quick else 8)
     reps = args.reps or (100 if args.quick else 2000)
@@ -291,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.from_run:
         s, pool = pool_from_run(Path(args.from_run), args.arm)
-        s = s.replace({"bootstrap_resamples": boot,  # fewer depth tasks than the rule's u: the one-task form
-                       "pass_min_tasks": min(s.gate.pass_min_tasks, len(s.stages.tasks))}, source="calibrate")
+        s = calibrated(s)
         steps = s.stages.ablation_steps
         seeds = sorted({r["seed"] for t in pool.values() for r in t["normal"]})
         n_pool = len(seeds)
