@@ -154,6 +154,9 @@ class StageConfig:
                              "at r ≥ r̄ (r ≥ k for k-hop), so shallow draws are not spent on problems they cannot solve")
     eval_r_max: int = F(0, "toy evaluation: the depth curve reads out after passes 1..this; 0 = 2·r_mean", 0, 256)
     stage_threads: int = F(0, "torch CPU threads in a stage; 0 = torch's default (all cores)", 0, 1024)
+    stage_jobs: int = F(0, "toy runs trained at once on a CPU (ablation, calibration), a process with one torch "
+                        "thread each; 0 = the cores, 1 = one after another in the stage's process (GPU: always 1)",
+                        0, 1024)
     smoke_steps: int = F(150, "smoke: steps checked for NaN, scale and gate health", 1, 10**6)
     smoke_overfit_steps: int = F(150, "smoke: steps to overfit one batch", 1, 10**6)
     smoke_overfit_loss: float = F(0.5, "smoke: the overfit batch must reach this loss (nats)", 0.0, 100.0)

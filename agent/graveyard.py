@@ -17,7 +17,7 @@ import config
 
 # Effective-spec keys that say how much or where an idea runs, not what it is
 IGNORED = frozenset({
-    "seed", "device", "dtype", "allow_math_sdpa", "stage_threads", "loss_chunk_tokens", "test_examples",
+    "seed", "device", "dtype", "allow_math_sdpa", "stage_threads", "stage_jobs", "loss_chunk_tokens", "test_examples",
     "smoke_steps", "smoke_overfit_steps", "smoke_overfit_loss", "ablation_steps", "ablation_seeds", "full_steps",
     "full_seeds", "ckpt_every", "eval_every", "eval_batches", "full_probe_steps", "corpus_dir", "eval_r_max",
 })

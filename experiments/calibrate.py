@@ -44,7 +44,7 @@ import config
 from config import ROOT, Settings
 from experiments import gate
 from experiments.runs import versions, write_json_atomic
-from experiments.train import train_task
+from experiments.train import run_many, stage_jobs, train_task
 
 DEFAULT_JSON = ROOT / "runs" / "bench" / "experiments.json"
 POOL_DIR = ROOT / "runs" / "calibrate"
@@ -75,7 +75,7 @@ def pool_from_run(run_dir: Path, arm: str = "candidate") -> tuple[Settings, dict
 
 
 def _pool_run(s: Settings, t: str, variant: str, seed: int, steps: int, cripple: str) -> dict:
-    """One pool run (in a worker process with one torch thread when --jobs > 1)."""
+    """One pool run (in a worker process with one torch thread when more than one run at once)."""
     crippled = variant == "crippled"
     res = train_task(s, t, seed, steps // CRIPPLE_STEPS[cripple] if crippled and cripple in CRIPPLE_STEPS else steps,
                      label_noise=NOISE if crippled and cripple == "noise" else 0.0,
@@ -84,21 +84,15 @@ def _pool_run(s: Settings, t: str, variant: str, seed: int, steps: int, cripple:
             "train_s": res["train_s"]}
 
 
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def build_pool(s: Settings, n_seeds: int, steps: int, log=print, cripple: str = "noise",
-               variants: tuple = ("normal", "crippled"), seeds: list[int] | None = None, jobs: int = 1
+               variants: tuple = ("normal", "crippled"), seeds: list[int] | None = None, jobs: int = 0
                ) -> dict[str, dict[str, list[dict]]]:
     """pool[task][variant] = per-seed {r1, rbar, r2bar}; variants: normal, crippled (depth tasks only), shallow
     (trained at r = 1 only; the primary depth task only).
     cripple: "noise" (label noise NOISE), "quarter" or "tenth" (that share of the steps). Runs are cached under
     runs/calibrate/ by settings (crippled runs also by cripple), so a re-run trains only what is missing.
-    jobs > 1: that many runs at once, each in its own process with one torch thread (tiny models use 2 cores
-    better that way)."""
+    jobs: runs at once, each in its own process with one torch thread (0: stages.stage_jobs, see
+    experiments.train.stage_jobs)."""
     key = _pool_key(s, steps)
     POOL_DIR.mkdir(parents=True, exist_ok=True)
     have = {}
@@ -120,16 +114,9 @@ def build_pool(s: Settings, n_seeds: int, steps: int, log=print, cripple: str = 
         log(f"pool {rec['task']}/{rec['variant']}/s{rec['seed']}: r1 {rec['r1']:.1f} r̄ {rec['rbar']:.1f} 2r̄ "
             f"{rec['r2bar']:.1f} ({rec['train_s']:.1f} s) [{len(have)} runs]")
 
-    if jobs <= 1:
-        for t, v, seed in todo:
-            keep(_pool_run(s, t, v, seed, steps, cripple))
-    elif todo:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_one_thread) as ex:
-            for fut in as_completed([ex.submit(_pool_run, s, t, v, seed, steps, cripple) for t, v, seed in todo]):
-                keep(fut.result())
+    jobs = min(jobs, len(todo)) if jobs else stage_jobs(s, len(todo))
+    for _, rec in run_many(_pool_run, [(s, t, v, seed, steps, cripple) for t, v, seed in todo], jobs):
+        keep(rec)
     pool: dict[str, dict[str, list[dict]]] = {}
     for (t, v, sd), rec in sorted(have.items(), key=lambda kv: kv[0][2]):
         if sd in seeds and t in tasks and v in variants:
@@ -263,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cripple", default="tenth", choices=("tenth", "quarter", "noise"),
                     help=f"the crippled arm: a tenth or a quarter of the steps, or label noise {NOISE}, on the depth "
                          "tasks (the gate needs ≥ 10 points on 2 tasks: a quarter cost ListOps only 9.4)")
-    ap.add_argument("--jobs", type=int, default=2, help="pool runs at once, one process and one thread each")
+    ap.add_argument("--jobs", type=int, default=0, help="pool runs at once, one process and one thread each "
+                    "(default: stage_jobs, 0 = the cores)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arm", default="candidate", choices=("candidate", "control"),
                     help="with --from-run: whose runs form the A/A pool")

@@ -22,7 +22,7 @@ import numpy as np
 
 from experiments import gate, plots
 from experiments.stage import REPLICATION_SEED_OFFSET, Ctx, seeds_for
-from experiments.train import eval_r_max, tensors, train_task
+from experiments.train import eval_r_max, run_many, stage_jobs, tensors, train_task
 
 
 def _done(ctx: Ctx, name: str = "done.jsonl") -> dict[str, dict]:
@@ -135,30 +135,38 @@ def arms_of(ctx: Ctx) -> dict[str, str]:
     return arms
 
 
+def _ablation_run(s, t: str, seed: int, steps: int, arm: str, arch: str, on_step=None) -> dict:
+    """One (seed, task, arm) run of an ablation, as done.jsonl records it (module level: a pool worker runs it)."""
+    res = train_task(s, t, seed, steps, arch=arch, log_every=max(steps // 50, 1), on_step=on_step)
+    return {"key": f"{arm}/{t}/s{seed}", "arm": arm, "arch": arch, "task": t, "seed": seed, "curve": res["curve"],
+            "acc": res["acc"], "train_s": res["train_s"], "tokens_per_s": res["tokens_per_s"], "floor": res["floor"],
+            "gate_mean": res["gate_mean"], "skipped": res["skipped"],
+            "loss": [(h["step"], h["loss"]) for h in res["history"]]}
+
+
 def _ablation_round(ctx: Ctx, seeds: list[int], done: dict, base_units: float) -> float:
-    """Train every (seed, task, arm) not yet done; returns the units consumed."""
+    """Train every (seed, task, arm) not yet done, stage_jobs at a time on a CPU; returns the units consumed."""
     s = ctx.settings
     tasks = list(s.stages.tasks) + [s.stages.control_task]
     steps = s.stages.ablation_steps
-    units = base_units
-    for seed in seeds:
-        for t in tasks:
-            for arm, arch in arms_of(ctx).items():
-                key = f"{arm}/{t}/s{seed}"
-                if key not in done:
-                    res = train_task(s, t, seed, steps, arch=arch, log_every=max(steps // 50, 1),
-                                     on_step=_stepper(ctx, key, units))
-                    rec = {"key": key, "arm": arm, "arch": arch, "task": t, "seed": seed, "curve": res["curve"],
-                           "acc": res["acc"], "train_s": res["train_s"], "tokens_per_s": res["tokens_per_s"],
-                           "floor": res["floor"], "gate_mean": res["gate_mean"], "skipped": res["skipped"],
-                           "loss": [(h["step"], h["loss"]) for h in res["history"]]}
-                    _record(ctx, rec)
-                    done[key] = rec
-                    ctx.run.log(f"{key}: acc r=1 {res['acc']['r1']:.1f}  r̄ {res['acc']['rbar']:.1f}  2r̄ "
-                                f"{res['acc']['r2bar']:.1f}  ({res['train_s']:.1f} s)")
-                    ctx.run.metric({"run": key, "eval": res["curve"], **res["acc"]})
-                units += steps
-                ctx.tick(units, key)
+    keys = [(seed, t, arm, arch) for seed in seeds for t in tasks for arm, arch in arms_of(ctx).items()]
+    todo = [(s, t, seed, steps, arm, arch) for seed, t, arm, arch in keys if f"{arm}/{t}/s{seed}" not in done]
+    units = base_units + steps * (len(keys) - len(todo))
+    jobs = stage_jobs(s, len(todo))
+    if jobs > 1:
+        ctx.run.log(f"{len(todo)} runs, {jobs} at once (one process and one torch thread each)")
+    def progress(a: tuple) -> dict:  # one at a time: per-step progress from the units done so far
+        return {"on_step": _stepper(ctx, f"{a[4]}/{a[1]}/s{a[2]}", units)}  # noqa: B023 - read when called
+
+    for _, rec in run_many(_ablation_run, todo, jobs, stop=ctx.check_stop, local=progress):
+        _record(ctx, rec)
+        done[rec["key"]] = rec
+        acc = rec["acc"]
+        ctx.run.log(f"{rec['key']}: acc r=1 {acc['r1']:.1f}  r̄ {acc['rbar']:.1f}  2r̄ {acc['r2bar']:.1f}  "
+                    f"({rec['train_s']:.1f} s)")
+        ctx.run.metric({"run": rec["key"], "eval": rec["curve"], **acc})
+        units += steps
+        ctx.tick(units, rec["key"])
     return units
 
 

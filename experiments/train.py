@@ -14,8 +14,13 @@ against-depth curve costs one pass at the deepest r.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -129,3 +134,64 @@ def train_task(settings: Settings, task_name: str, seed: int, steps: int, arch: 
         "state_delta": [float(np.mean(deltas[i])) for i in sorted(deltas)],
         "model": model, "precision": prec,
     }
+
+
+# --------------------------------------------------------------------------- many runs at once
+def stage_jobs(settings: Settings, n_runs: int) -> int:
+    """How many toy runs to train at once: 1 on a GPU (the card runs one thing at a time), else
+    stages.stage_jobs (0: the cores), never more than there are runs. On 2 CPU cores a tiny model trains 300
+    k-hop steps in 4.7 s with one thread and 5.2 s with two, so two one-thread processes side by side do
+    twice the work of one two-thread process."""
+    from refiner_model.precision import resolve_device
+
+    if resolve_device(settings.train.device).type != "cpu":
+        return 1
+    jobs = settings.stages.stage_jobs or len(os.sched_getaffinity(0))
+    return max(1, min(jobs, n_runs))
+
+
+def _pool_worker() -> None:
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool
+
+
+def run_many(fn: Callable[..., Any], calls: list[tuple], jobs: int, stop: Callable[[], None] | None = None,
+             local: Callable[[tuple], dict] | None = None, poll_s: float = 0.2) -> Iterator[tuple[tuple, Any]]:
+    """Call fn(*args) for each args of `calls`, yielding (args, result) as each finishes.
+
+    jobs == 1: one after another in this process, with the extra keyword arguments local(args) (e.g. a
+    per-step progress hook). jobs > 1: in that many spawned processes with one torch thread each (fn is a
+    module-level function, its result picklable), in the order they finish. `stop` is called while
+    waiting; when it raises (a stop was requested) or a worker is killed by the same signal, the workers
+    are terminated and the exception propagates: the results already yielded are all there is."""
+    if jobs <= 1:
+        for args in calls:
+            if stop:
+                stop()
+            yield args, fn(*args, **(local(args) if local else {}))
+        return
+    before = set(mp.active_children())
+    ex = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_pool_worker)
+    clean = False
+    try:
+        pending = {ex.submit(fn, *args): args for args in calls}
+        while pending:
+            finished, _ = wait(pending, timeout=poll_s, return_when=FIRST_COMPLETED)
+            if stop:
+                stop()
+            for fut in finished:
+                args = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    time.sleep(poll_s)  # a SIGTERM to the process group reaches the workers first: let ours land
+                    if stop:
+                        stop()
+                    raise
+                yield args, result
+        clean = True
+    finally:
+        if not clean:  # stopped, failed, or the caller stopped reading: no run goes on in the background
+            for p in set(mp.active_children()) - before:
+                p.terminate()
+        ex.shutdown(wait=True, cancel_futures=True)

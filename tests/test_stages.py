@@ -23,7 +23,7 @@ from experiments.runs import evaluation_fingerprint, read_result
 from experiments.stage import execute
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("REFINERY_") and k != "MODEL_ARCH"}
-FAST = {"init_std": 0.1, "stage_threads": 1, "test_examples": 200, "batch_size": 16}
+FAST = {"init_std": 0.1, "stage_threads": 1, "stage_jobs": 1, "test_examples": 200, "batch_size": 16}
 
 
 def settings(**over):
@@ -79,6 +79,61 @@ def test_replication_uses_fresh_seeds(tmp_path):
                  extend_seeds=1, khop_k=1, summod_len=2, r_max=2, r_mean=2)
     code, res = execute("replication", s, {}, tmp_path / "run", seed_base=3)
     assert code == 0 and min(res["figures"]["seeds"]) >= 10_003 and "replicates" in res
+
+
+POOLED = {"tasks": ("khop",), "control_task": "copy", "ablation_seeds": 2, "pass_min_tasks": 1, "extend_seeds": 1,
+          "khop_k": 1, "summod_len": 2, "r_max": 2, "r_mean": 2}
+
+
+def test_ablation_runs_side_by_side_train_exactly_what_one_at_a_time_trains(tmp_path):
+    """stage_jobs = 2: the runs train in two one-thread processes, in the order they finish; every record
+    (accuracy, depth curve, loss curve) is bit for bit the one the in-process path writes."""
+    recs = {}
+    for jobs in (1, 2):
+        s = settings(**POOLED, ablation_steps=25, stage_jobs=jobs)
+        code, res = execute("ablation", s, {}, tmp_path / f"j{jobs}")
+        assert code == 0 and res["verdict"] in ("PASS", "FAIL"), res
+        lines = (tmp_path / f"j{jobs}" / "done.jsonl").read_text().splitlines()
+        recs[jobs] = {r["key"]: (r["acc"], r["curve"], r["loss"]) for r in map(json.loads, lines)}
+    assert len(recs[1]) == 8 and recs[1] == recs[2]
+    assert "8 runs, 2 at once" in (tmp_path / "j2" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_runs_side_by_side_at_once_and_the_rerun_resumes(tmp_path):
+    """SIGTERM to the stage's process group (what the runner sends) mid-ablation with two runs training at once:
+    exit 75 within seconds, no worker left behind, the finished runs kept; the rerun trains only the rest."""
+    sp = tmp_path / "spec.json"
+    gate = {"pass_min_tasks", "extend_seeds"}  # the operator's, not a spec's: the environment
+    spec = {**FAST, **POOLED, "stage_jobs": 2, "ablation_steps": 400}
+    sp.write_text(json.dumps({"spec": {k: v for k, v in spec.items() if k not in gate}}))
+    env = {**ENV, **{f"REFINERY_{k.upper()}": str(POOLED[k]) for k in gate}}
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "experiments.stage", "ablation", "--spec", str(sp), "--run-dir", str(run)]
+    child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None and not (run / "done.jsonl").exists():
+        time.sleep(0.1)
+    assert (run / "done.jsonl").read_text().splitlines()
+    os.killpg(child.pid, signal.SIGTERM)
+    t0 = time.time()
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode == 75 and time.time() - t0 < 15, output
+    deadline = time.time() + 10  # the whole group is gone (a zombie lasts until init reaps it): nothing trains on
+    with pytest.raises(ProcessLookupError):
+        while time.time() < deadline:
+            os.killpg(child.pid, 0)
+            time.sleep(0.1)
+    assert not (run / "result.json").exists()
+    kept = (run / "done.jsonl").read_text().splitlines()
+    assert 1 <= len(kept) < 8
+    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    done = (run / "done.jsonl").read_text().splitlines()
+    assert len(done) == 8 and done[:len(kept)] == kept
+    assert f"{8 - len(kept)} runs, 2 at once" in (run / "log.txt").read_text().rsplit("effective spec", 1)[-1]
+    assert read_result(run)["figures"]["runs"] == 8
 
 
 @pytest.fixture(scope="module")
