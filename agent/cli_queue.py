@@ -144,15 +144,23 @@ def cmd_ls(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    # a narrow terminal drops the columns `queue show` and --json still have, so the note stays readable
+    cols = ["id", "issue", "kind", "lane", "state", "try", "prio", "since", "host", "note"]
+    for col, below in (("host", 110), ("prio", 100), ("since", 72)):
+        if console.width < below:
+            cols.remove(col)
     t = Table(title=f"queue ({len(jobs)} shown)", box=box.SIMPLE, pad_edge=False)
-    for col in ("id", "issue", "kind", "lane", "state", "try", "prio", "since", "host", "note"):
-        t.add_column(col, no_wrap=col != "note", overflow="fold")
+    for col in cols:
+        t.add_column(col, no_wrap=col != "note", overflow="fold", ratio=1 if col == "note" else None)
     for j in jobs:
         since = j.finished_at or j.started_at or j.created_at
-        t.add_row(str(j.id), "" if j.issue is None else f"#{j.issue}", j.kind, j.lane.value, j.state.value,
-                  f"{j.tries}/{j.max_attempts}", str(j.priority), _ts(since)[:-3], j.owner_host or "",
-                  (j.note or "")[:80])
-    Console().print(t)
+        row = {"id": str(j.id), "issue": "" if j.issue is None else f"#{j.issue}", "kind": j.kind,
+               "lane": j.lane.value, "state": j.state.value, "try": f"{j.tries}/{j.max_attempts}",
+               "prio": str(j.priority), "since": _ts(since)[:-3], "host": j.owner_host or "",
+               "note": (j.note or "")[:80]}
+        t.add_row(*(row[c] for c in cols))
+    console.print(t)
     return 0
 
 

@@ -36,7 +36,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
-def test_enqueue_ls_show_cancel_retry_logs(env, capsys):
+def test_enqueue_ls_show_cancel_retry_logs(env, capsys, monkeypatch):
     rc, out, _ = run(capsys, "queue", "enqueue", "--lane", "cpu", "--kind", "task", "--json", "--",
                      sys.executable, "-c", "print('hello from the job')")
     assert rc == 0
@@ -45,6 +45,9 @@ def test_enqueue_ls_show_cancel_retry_logs(env, capsys):
     assert rc == 0 and json.loads(out.splitlines()[0])["state"] == "queued"
     rc, out, _ = run(capsys, "queue", "ls")
     assert rc == 0 and "queued" in out
+    monkeypatch.setenv("COLUMNS", "80")  # a default terminal: the note stays readable, not folded a letter a line
+    rc, out, _ = run(capsys, "queue", "ls")
+    assert rc == 0 and " enqueued" in out and max(map(len, out.splitlines())) <= 80
     assert run(capsys, "queue", "cancel", str(job_id))[0] == 0
     rc, out, _ = run(capsys, "queue", "show", str(job_id))
     assert rc == 0 and "cancelled" in out and "queued → cancelled" in out.replace("    ", " ").replace("  ", " ")
