@@ -20,7 +20,8 @@ def register(sub) -> None:
     s = p.add_subparsers(dest="issue_cmd", metavar="ACTION", required=True)
 
     a = s.add_parser("new", help="file an issue (body from --body, --body-file, or stdin with --body-file -)")
-    a.add_argument("title")
+    a.add_argument("title", nargs="?", default=None)
+    a.add_argument("-t", "--title", dest="title_opt", default=None, help="the title (or give it as the argument)")
     a.add_argument("--body", default=None)
     a.add_argument("--body-file", default=None, help="a file with the body (e.g. a ```toml spec); - = stdin")
     a.add_argument("-l", "--label", action="append", default=[], help="a label (repeat: -l ideas -l cpu)")
@@ -121,8 +122,12 @@ def _get(db, number: int) -> dict:
 
 
 def _new(args) -> int:
+    title = args.title or args.title_opt
+    if not title or not title.strip() or (args.title and args.title_opt):
+        raise TrackerError("give the issue one title: refinery issue new TITLE (or --title TITLE) [--body TEXT] "
+                           "[-l LABEL]...", 400)
     db = _db()
-    n = db.create(args.title, _read_body(args.body, args.body_file), args.label, _me(db, args.as_login))
+    n = db.create(title, _read_body(args.body, args.body_file), args.label, _me(db, args.as_login))
     print(f"#{n}")
     return 0
 

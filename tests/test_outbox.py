@@ -169,7 +169,9 @@ def test_local_tracker_end_to_end_from_the_command_line(tmp_path, sqlite_url):
     spec.write_text(IDEA_BODY)
     r = _run(["issue", "new", "loops", "--body-file", str(spec), "-l", "ideas", "-l", "gpu"], env)
     assert r.returncode == 0 and r.stdout.strip() == "#1"
-    assert _run(["issue", "new", "stranger", "-l", "bug", "--as", "eve"], env).returncode == 0
+    assert _run(["issue", "new", "--title", "stranger", "-l", "bug", "--as", "eve"], env).returncode == 0  # as gh
+    r = _run(["issue", "new", "-l", "bug"], env)
+    assert r.returncode == 2 and "give the issue one title" in r.stderr and not r.stdout
     r = _run(["daemon", "--once", "--json"], env)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.splitlines()[0])
