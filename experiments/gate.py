@@ -29,6 +29,7 @@ below r̄). Otherwise FAIL.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,6 +56,14 @@ def _f(x) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
 
+def _welch(a: np.ndarray, b: np.ndarray, **kw):
+    """Welch's t-test. One arm with every seed equal (all 100.0: common on a solved task) is a valid input;
+    scipy warns about "catastrophic cancellation" in that arm's zero variance, which would only alarm a reader."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        return stats.ttest_ind(a, b, equal_var=False, **kw)
+
+
 def compare(cand: list[float], ctrl: list[float], settings: Settings, seed: int = 0) -> dict[str, Any]:
     """Two arms' per-seed values: means, std, Δ with its bootstrap CI, exact one-sided Mann–Whitney,
     Welch's t (secondary), P(candidate > control)."""
@@ -74,7 +83,7 @@ def compare(cand: list[float], ctrl: list[float], settings: Settings, seed: int 
                              vectorized=True, rng=seed)
         ci = (float(bs.confidence_interval.low), float(bs.confidence_interval.high))
     spread = min(n1, n2) > 1 and (a.std() > 0 or b.std() > 0)
-    welch = stats.ttest_ind(a, b, equal_var=False, alternative="greater") if spread else None
+    welch = _welch(a, b, alternative="greater") if spread else None
     return {
         "candidate": [float(x) for x in a], "control": [float(x) for x in b],
         "mean_candidate": float(a.mean()), "mean_control": float(b.mean()),
@@ -194,7 +203,7 @@ def decide_full(evidence: dict[str, Any], settings: Settings) -> Verdict:
                            "std_candidate": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
                            "std_control": float(b.std(ddof=1)) if len(b) > 1 else 0.0, "loss_gap": gap}
     if len(a) > 1 and len(b) > 1 and (a.std() > 0 or b.std() > 0):
-        w = stats.ttest_ind(a, b, equal_var=False)
+        w = _welch(a, b)
         out.update(welch_t=_f(w.statistic), welch_p=_f(w.pvalue))
         out["mannwhitney_p_worse"] = float(stats.mannwhitneyu(a, b, alternative="greater").pvalue)
     curve = evidence.get("depth_curve") or {}

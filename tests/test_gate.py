@@ -27,6 +27,17 @@ GOOD = (arm([80, 82, 85, 79, 81]), arm([50, 52, 48, 55, 51]))
 NULL = (arm([50, 52, 48, 55, 51], r1=[50, 52, 48, 55, 51]), arm([51, 50, 49, 53, 52]))
 
 
+def test_an_arm_with_every_seed_equal_is_compared_without_a_warning():
+    """A solved task (every seed 100.0) against one that varies: Welch's t uses the varying arm alone, and
+    the user sees no scipy "catastrophic cancellation" warning in the middle of a stage's output."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = compare([100.0, 100.0, 100.0], [98.5, 100.0, 99.5], S)
+    assert c["delta"] == pytest.approx(2 / 3) and 0 < c["welch_p"] < 0.5
+
+
 def test_clear_pass_with_all_evidence():
     v = decide_ablation(evidence({"khop": GOOD, "s5": GOOD, "listops": NULL}), S)
     assert v.verdict == "PASS", v.reason
