@@ -105,7 +105,7 @@ def test_sigterm_stops_runs_side_by_side_at_once_and_the_rerun_resumes(tmp_path)
     exit 75 within seconds, no worker left behind, the finished runs kept; the rerun trains only the rest."""
     sp = tmp_path / "spec.json"
     gate = {"pass_min_tasks", "extend_seeds"}  # the operator's, not a spec's: the environment
-    spec = {**FAST, **POOLED, "stage_jobs": 2, "ablation_steps": 400}
+    spec = {**FAST, **POOLED, "stage_jobs": 2, "ablation_steps": 200}
     sp.write_text(json.dumps({"spec": {k: v for k, v in spec.items() if k not in gate}}))
     env = {**ENV, **{f"REFINERY_{k.upper()}": str(POOLED[k]) for k in gate}}
     run = tmp_path / "run"
