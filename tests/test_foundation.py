@@ -52,6 +52,13 @@ def test_unknown_key_suggests_the_near_one():
     assert 'did you mean "r_max"' in str(e.value)
 
 
+def test_an_unsupported_queue_database_is_refused_without_showing_its_password():
+    with pytest.raises(ConfigError) as e:
+        config.load({**CLEAN_ENV, "REFINERY_DB_URL": "mysql://lab:hunter2@db/queue"})
+    assert e.value.problems[0].key == "db_url" and "postgresql://" in str(e.value) and "hunter2" not in str(e.value)
+    assert config.load({**CLEAN_ENV, "REFINERY_DB_URL": "postgresql://lab@db/queue"}).db_url.startswith("postgresql")
+
+
 def test_cross_field_rule():
     with pytest.raises(ConfigError, match="r_min"):
         config.Settings().replace({"r_min": 5, "r_max": 3, "r_mean": 4})
