@@ -9,9 +9,10 @@
     terminate()  SIGTERM to the whole group; the worker sends SIGKILL after cancel_grace_s
     outcome()    what the exit means for the job (below)
 
-Exit code and result file decide: 0 with run_dir/result.json → succeeded with that JSON;
-75 (EX_TEMPFAIL: "stopped warm, checkpoint written, resume me") → requeued, the attempt not
-counted; anything else → failed with the tail of the log (retried while attempts remain).
+Exit code and result file decide: 0 with run_dir/result.json → succeeded with that JSON (an ad hoc
+`task` without one: succeeded, {"exit_code": 0}; a stage must write one); 75 (EX_TEMPFAIL: "stopped
+warm, checkpoint written, resume me") → requeued, the attempt not counted; anything else → failed with
+the tail of the log (retried while attempts remain).
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ def outcome(child: Child) -> Outcome:
     how = f"exit code {rc}" if rc >= 0 else f"killed by signal {signal.Signals(-rc).name}"
     if rc == 0 and isinstance(result, dict):
         return Outcome("succeeded", result)
+    if rc == 0 and result is None and child.job.kind == "task":  # an ad hoc command: its exit code is its result
+        return Outcome("succeeded", {"exit_code": 0})
     if child.stop_reason == "cancel":
         return Outcome("cancelled", error=f"cancelled while running ({how})")
     if child.stop_reason == "wall":

@@ -59,6 +59,7 @@ def test_enqueue_ls_show_cancel_retry_logs(env, capsys, monkeypatch):
     store = Store(settings_for(env))
     w = Worker(store)
     wait_until(lambda: store.get(job_id).state in (State.FAILED, State.SUCCEEDED), 30, "the job", lambda: w.step())
+    assert store.get(job_id).state == State.SUCCEEDED  # an ad hoc command: exit 0 is success, no result.json needed
     rc, out, _ = run(capsys, "queue", "logs", str(job_id), "-f")
     assert rc == 0 and "hello from the job" in out
     store.close()

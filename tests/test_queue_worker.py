@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +56,20 @@ def test_runs_a_job_to_success_with_a_clean_environment(store, tmp_path, monkeyp
     start = read_records(rec)[0]
     assert start["github_token"] is None and start["creds"] is None and start["db_url"] is None
     assert start["device"] == ""  # a cpu job never sees the card
+
+
+def test_exit_0_without_a_result_file_succeeds_for_a_command_and_fails_for_a_stage(store):
+    """An ad hoc command's exit code is its result; a stage's protocol is result.json, so a stage that
+    exits 0 without one is broken, and fails with its log tail."""
+    argv = [sys.executable, "-c", "print('no result file')"]
+    task = store.enqueue(None, "task", "cpu", {"argv": argv})
+    stage = store.enqueue(None, "smoke", "cpu", {"argv": argv}, max_attempts=1)
+    w = Worker(store)
+    wait_until(lambda: store.get(task.id).state == State.SUCCEEDED and store.get(stage.id).state == State.FAILED,
+               30, "both to finish", stepping(w))
+    assert store.get(task.id).result == {"exit_code": 0} and store.get(task.id).tries == 1
+    err = store.get(stage.id).error
+    assert err.startswith("exited 0 without result.json") and "no result file" in err
 
 
 def test_failure_carries_the_log_tail_and_retries(store):
