@@ -28,7 +28,7 @@ from agent import sdnotify
 from agent.intake import Intake
 from agent.outbox import Delivery, Outbox, Sender
 from agent.tracker import Tracker, TrackerError, TrackerUnavailable, make_tracker
-from jobqueue.models import Job, State
+from jobqueue.models import Job, Lane, State
 from jobqueue.outbox import IntakeMemory, KeyValue, OutboxStore
 from jobqueue.store import Store
 
@@ -468,7 +468,7 @@ def status(settings: config.Settings, store: Store | None = None) -> dict:
     disk = shutil.disk_usage(probe)
     approvals = [kv.get(k) for k in kv.keys("approval:")]
     return {
-        "lanes": store.counts(),
+        "lanes": {**{lane.value: {} for lane in Lane}, **store.counts()},  # every lane, an empty one too
         "running": running,
         "queue": sorted(queued, key=lambda q: q["id"]),
         "recent": [{"id": j.id, "issue": j.issue, "kind": j.kind, "stage": j.payload.get("stage", j.kind),

@@ -181,6 +181,7 @@ def test_local_tracker_end_to_end_from_the_command_line(tmp_path, sqlite_url):
     assert "write access" in json.loads(_run(["issue", "show", "2", "--json"], env).stdout)["comments"][0]["body"]
     st = json.loads(_run(["status", "--json"], env).stdout)
     assert st["lanes"]["gpu"]["queued"] == 1 and st["outbox"]["sent"] >= 3
+    assert st["lanes"]["cpu"] == st["lanes"]["agent"] == {}  # every lane is listed, an idle one too
     assert _run(["issue", "close", "1"], env).returncode == 0
     assert _run(["daemon", "--once"], env).returncode == 0
     shown = json.loads(_run(["issue", "show", "1", "--json"], env).stdout)
