@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent  # the repository; runs/ and docs/ hang off it
-DB_URL_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")  # jobqueue/db.py speaks these
+DB_URL_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgres")  # what jobqueue/db.py speaks
 ENV_PREFIX = "REFINERY_"
 
 
@@ -395,8 +395,9 @@ class Settings:
         if self.queue.heartbeat_s >= self.queue.lease_s:
             probs.append(Problem("heartbeat_s", f"heartbeat_s = {self.queue.heartbeat_s} must be below lease_s = "
                                  f"{self.queue.lease_s}", "lower heartbeat_s (a third of lease_s is usual)"))
-        if not self.queue.db_url.startswith(DB_URL_SCHEMES):
-            probs.append(Problem("db_url", f"unsupported queue database {self.queue.db_url.split('://')[0]!r}",
+        scheme = self.queue.db_url.split("://", 1)[0] if "://" in self.queue.db_url else ""
+        if scheme not in DB_URL_SCHEMES:  # the scheme only: a URL may hold a password
+            probs.append(Problem("db_url", f"unsupported queue database URL (scheme {scheme or 'missing'!r})",
                                  "use sqlite:///PATH or postgresql://USER@HOST/DB"))
         if self.daemon.tracker == "github" and "/" not in self.daemon.github_repo:
             probs.append(Problem("github_repo", f"tracker = github needs github_repo as owner/name, got "

@@ -56,7 +56,10 @@ def test_an_unsupported_queue_database_is_refused_without_showing_its_password()
     with pytest.raises(ConfigError) as e:
         config.load({**CLEAN_ENV, "REFINERY_DB_URL": "mysql://lab:hunter2@db/queue"})
     assert e.value.problems[0].key == "db_url" and "postgresql://" in str(e.value) and "hunter2" not in str(e.value)
-    assert config.load({**CLEAN_ENV, "REFINERY_DB_URL": "postgresql://lab@db/queue"}).db_url.startswith("postgresql")
+    for ok in ("postgresql://lab@db/queue", "postgresql+psycopg://lab@db/queue", "sqlite:///q.db", "sqlite://"):
+        assert config.load({**CLEAN_ENV, "REFINERY_DB_URL": ok}).queue.db_url == ok
+    with pytest.raises(ConfigError, match="scheme 'missing'"):
+        config.load({**CLEAN_ENV, "REFINERY_DB_URL": "runs/queue.db"})
 
 
 def test_cross_field_rule():
