@@ -155,8 +155,9 @@ def _ablation_round(ctx: Ctx, seeds: list[int], done: dict, base_units: float) -
     jobs = stage_jobs(s, len(todo))
     if jobs > 1:
         ctx.run.log(f"{len(todo)} runs, {jobs} at once (one process and one torch thread each)")
-    def progress(a: tuple) -> dict:  # one at a time: per-step progress from the units done so far
-        return {"on_step": _stepper(ctx, f"{a[4]}/{a[1]}/s{a[2]}", units)}  # noqa: B023 - read when called
+
+    def progress(a: tuple) -> dict:  # one at a time: per-step progress from the units done so far (read when called)
+        return {"on_step": _stepper(ctx, f"{a[4]}/{a[1]}/s{a[2]}", units)}
 
     for _, rec in run_many(_ablation_run, todo, jobs, stop=ctx.check_stop, local=progress):
         _record(ctx, rec)
