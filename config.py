@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent  # the repository; runs/ and docs/ hang off it
 DB_URL_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgres")  # what jobqueue/db.py speaks
 ENV_PREFIX = "REFINERY_"
+# owner/name as GitHub allows them: an owner of letters, digits and inner hyphens; a name of letters, digits,
+# '.', '_' and '-' (not "." or ".."). Anything else would only surface later as a 404 on every poll.
+GITHUB_REPO_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/(?!\.\.?$)[A-Za-z0-9._-]{1,100}")
 
 
 class RefineryError(Exception):
@@ -399,7 +403,7 @@ class Settings:
         if scheme not in DB_URL_SCHEMES:  # the scheme only: a URL may hold a password
             probs.append(Problem("db_url", f"unsupported queue database URL (scheme {scheme or 'missing'!r})",
                                  "use sqlite:///PATH or postgresql://USER@HOST/DB"))
-        if self.daemon.tracker == "github" and "/" not in self.daemon.github_repo:
+        if self.daemon.tracker == "github" and not GITHUB_REPO_RE.fullmatch(self.daemon.github_repo):
             probs.append(Problem("github_repo", f"tracker = github needs github_repo as owner/name, got "
                                  f"{self.daemon.github_repo!r}", "set REFINERY_GITHUB_REPO=owner/name"))
         if probs:

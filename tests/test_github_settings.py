@@ -1,0 +1,37 @@
+"""The GitHub settings as a new user meets them: `refinery daemon --once` started as a real process with a bad
+repository name, API URL or token, against the local GitHub-speaking server. Each mistake stops with one line
+naming the setting and its fix (no traceback), and the token never shows.
+
+Run: .venv/bin/python -m pytest tests/test_github_settings.py -q
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import config
+from tests.agent_support import TOKEN, env_for, gh, settings_for  # noqa: F401 - gh is a fixture
+
+
+def once(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent", "daemon", "--once"], env=env, cwd=config.ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("repo", ["acme/lab/extra", "/", "acme/", "/lab", "acme/..", "acme lab/x"])
+def test_a_malformed_repository_name_stops_start_up(gh, tmp_path, sqlite_url, repo):  # noqa: F811
+    env = env_for(settings_for(sqlite_url, tmp_path, gh), REFINERY_GITHUB_REPO=repo)
+    r = once(env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and not r.stdout
+    assert "github_repo" in r.stderr and "REFINERY_GITHUB_REPO=owner/name" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and TOKEN not in r.stderr
+    assert gh.counted == 0  # refused before any request
+
+
+def test_a_well_formed_repository_name_is_accepted(gh, tmp_path, sqlite_url):  # noqa: F811
+    r = once(env_for(settings_for(sqlite_url, tmp_path, gh)))
+    assert r.returncode == 0 and "polled github" in r.stdout, r.stdout + r.stderr
