@@ -20,6 +20,7 @@ import difflib
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,6 +407,11 @@ class Settings:
         if self.daemon.tracker == "github" and not GITHUB_REPO_RE.fullmatch(self.daemon.github_repo):
             probs.append(Problem("github_repo", f"tracker = github needs github_repo as owner/name, got "
                                  f"{self.daemon.github_repo!r}", "set REFINERY_GITHUB_REPO=owner/name"))
+        api = urllib.parse.urlsplit(self.daemon.github_api_url)
+        if self.daemon.tracker == "github" and (api.scheme not in ("http", "https") or not api.hostname):
+            probs.append(Problem("github_api_url", f"{self.daemon.github_api_url!r} is not an http(s) URL with a "
+                                 "host", "set REFINERY_GITHUB_API_URL=https://api.github.com (GitHub Enterprise: "
+                                 "https://HOST/api/v3)"))
         if probs:
             raise ConfigError(probs)
 

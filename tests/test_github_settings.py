@@ -35,3 +35,11 @@ def test_a_malformed_repository_name_stops_start_up(gh, tmp_path, sqlite_url, re
 def test_a_well_formed_repository_name_is_accepted(gh, tmp_path, sqlite_url):  # noqa: F811
     r = once(env_for(settings_for(sqlite_url, tmp_path, gh)))
     assert r.returncode == 0 and "polled github" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "ftp://github.example/api/v3", "https://", "api.github.com"])
+def test_a_bad_api_url_stops_start_up_in_one_line(gh, tmp_path, sqlite_url, url):  # noqa: F811
+    r = once(env_for(settings_for(sqlite_url, tmp_path, gh), REFINERY_GITHUB_API_URL=url))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "github_api_url" in r.stderr and "REFINERY_GITHUB_API_URL=https://api.github.com" in r.stderr
