@@ -18,10 +18,20 @@ def redact(text: str) -> str:
     """text with every token-shaped string and the configured token itself masked."""
     if not text:
         return text
-    token = config.read_github_token()
+    token = configured_token()
     if token and len(token) >= 8:
         text = text.replace(token, MASK)
     return TOKEN_RE.sub(MASK, text)
+
+
+def configured_token() -> str | None:
+    """The token this process would use: GITHUB_TOKEN, REFINERY_TOKEN_FILE (environment or REFINERY_ENV_FILE)
+    or the systemd credential, as the tracker reads it."""
+    try:
+        settings = config.load()
+    except config.ConfigError:  # a bad setting elsewhere must not switch redaction off
+        settings = None
+    return config.read_github_token(settings=settings)
 
 
 class RedactingFilter(logging.Filter):

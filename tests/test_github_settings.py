@@ -43,3 +43,37 @@ def test_a_bad_api_url_stops_start_up_in_one_line(gh, tmp_path, sqlite_url, url)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "github_api_url" in r.stderr and "REFINERY_GITHUB_API_URL=https://api.github.com" in r.stderr
+
+
+def test_a_token_from_the_token_file_is_redacted_too(tmp_path, sqlite_url):
+    """REFINERY_TOKEN_FILE is a documented way to give the token; one not shaped like ghp_... (an older 40-hex
+    token) must be masked as surely as GITHUB_TOKEN's: here it is in an agent's done note, bound for a comment."""
+    import json
+
+    from tests.ghserver import GitHubServer
+
+    hex_token = "0123456789abcdef" * 2 + "01234567"
+    srv = GitHubServer(repo="acme/lab", token=hex_token).start()
+    try:
+        srv.add_collaborator("alice", "write")
+        n = srv.create_issue("a tool", "add a flag", labels=["tools"], author="alice")
+        token_file = tmp_path / "github-token"
+        token_file.write_text(hex_token + "\n")
+        env = env_for(settings_for(sqlite_url, tmp_path, srv), REFINERY_TOKEN_FILE=str(token_file))
+        del env["GITHUB_TOKEN"]
+        assert once(env).returncode == 0
+        cli = [sys.executable, "-m", "agent", "queue"]
+        claim = subprocess.run([*cli, "claim", "--lane", "agent", "--json"], env=env, cwd=config.ROOT,
+                               capture_output=True, text=True, timeout=60)
+        lease = json.loads(claim.stdout)["lease_id"]
+        done = subprocess.run([*cli, "done", lease, "--note", f"tested with the token {hex_token}"], env=env,
+                              cwd=config.ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        r = once(env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        bodies = [c["body"] for c in srv.comments_of(n)]
+        assert any("tested with the token [REDACTED]" in b for b in bodies), bodies
+        assert not any(hex_token in b for b in bodies)
+        assert hex_token not in r.stdout + r.stderr + claim.stdout + done.stdout + done.stderr
+    finally:
+        srv.stop()
