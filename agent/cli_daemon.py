@@ -83,11 +83,14 @@ def _daemon(args) -> int:
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
-        dec = ", ".join(f"{v} {k}" for k, v in sorted(summary["decisions"].items())) or "nothing new"
+        dec = ", ".join(f"{v} {k}" for k, v in sorted(summary["decisions"].items())) or (
+            "the poll failed" if summary["error"] else "nothing new")
         print(f"refinery: polled {settings.daemon.tracker} ({dec}); outbox: {summary['outbox_pending']} pending, "
               f"{summary['outbox_dead']} dead; {summary['wall_s']} s")
     if summary["github"]:
         print(f"refinery: {summary['github']} (undelivered writes stay in the outbox)")
+    if summary["error"]:
+        print(f"refinery: the poll failed: {summary['error']}")
     return 0
 
 

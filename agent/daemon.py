@@ -229,7 +229,7 @@ class Daemon:
         counts = self.outbox_store.counts()
         return {"changed": rep.changed, "decisions": rep.decisions, "requests": rep.requests,
                 "not_modified": rep.not_modified, "outbox_pending": counts["pending"], "outbox_dead": counts["dead"],
-                "github": self.github_note, "wall_s": round(time.time() - start, 2)}
+                "github": self.github_note, "error": rep.error, "wall_s": round(time.time() - start, 2)}
 
     @contextlib.contextmanager
     def _stop_signals(self):

@@ -128,13 +128,23 @@ class GitHubTracker:
                 if e.status >= 500:
                     raise self._block(f"GitHub answered {e.status} to {what}", self._backoff(), write) from None
                 message = (e.data or {}).get("message", "") if isinstance(e.data, dict) else str(e.data)
-                raise TrackerError(redact(f"GitHub answered {e.status} to {what}: {message}"), e.status) from None
+                hint = self._hint(e.status, what)
+                raise TrackerError(redact(f"GitHub answered {e.status} to {what}: {message}{hint}"), e.status) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.RetryError, requests.exceptions.ChunkedEncodingError) as e:
                 log.debug("GitHub %s failed: %s", what, redact(str(e)))
                 why = f"GitHub unreachable during {what} ({type(e).__name__})"
                 raise self._block(why, self._backoff(), write) from None
         raise AssertionError("unreachable")
+
+    def _hint(self, status: int, what: str) -> str:
+        """The fix for an answer that means a setting is wrong (a bad token; a repository that is not there)."""
+        if status == 401:
+            return " — check the token (GITHUB_TOKEN, REFINERY_TOKEN_FILE or the github-token credential)"
+        if status == 404 and what == "list issues":
+            return (f" — check REFINERY_GITHUB_REPO ({self.repo_name}) and REFINERY_GITHUB_API_URL, and that the "
+                    "token can read that repository")
+        return ""
 
     def _rate_wait(self, status: int, headers: dict, data: Any) -> tuple[float | None, str]:
         """Seconds to wait when a 403/429 is a rate limit (None when it is not), and why."""

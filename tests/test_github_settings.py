@@ -77,3 +77,18 @@ def test_a_token_from_the_token_file_is_redacted_too(tmp_path, sqlite_url):
         assert hex_token not in r.stdout + r.stderr + claim.stdout + done.stdout + done.stderr
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("over, said", [
+    ({"GITHUB_TOKEN": "ghp_" + "Wr0ngToken" * 4},
+     "GitHub answered 401 to list issues: Bad credentials — check the token"),
+    ({"REFINERY_GITHUB_REPO": "acme/elsewhere"}, "GitHub answered 404 to list issues: Not Found — check "
+                                                 "REFINERY_GITHUB_REPO (acme/elsewhere)"),
+])
+def test_once_says_when_the_poll_failed_and_what_to_check(gh, tmp_path, sqlite_url, over, said):  # noqa: F811
+    """A bad token or a repository that is not there is not "nothing new": --once says so on stdout, with the fix."""
+    r = once(env_for(settings_for(sqlite_url, tmp_path, gh), **over))
+    assert r.returncode == 0, r.stdout + r.stderr  # the documented --once contract: exits 0
+    assert "nothing new" not in r.stdout and "the poll failed" in r.stdout and said in r.stdout, r.stdout
+    assert "Traceback" not in r.stderr and TOKEN not in r.stdout + r.stderr
+    assert over.get("GITHUB_TOKEN", TOKEN) not in r.stdout + r.stderr
