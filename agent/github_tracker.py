@@ -275,6 +275,8 @@ class GitHubTracker:
 
     def _save_rate(self) -> None:
         remaining, limit = self.requester.rate_limiting
+        if limit < 0:  # PyGithub's (-1, -1): GitHub has not answered yet, so there is nothing to show
+            return
         self.kv.put("github.rate", {"remaining": remaining, "limit": limit,
                                     "reset": self.requester.rate_limiting_resettime, "at": time.time()})
 

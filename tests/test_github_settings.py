@@ -92,3 +92,20 @@ def test_once_says_when_the_poll_failed_and_what_to_check(gh, tmp_path, sqlite_u
     assert "nothing new" not in r.stdout and "the poll failed" in r.stdout and said in r.stdout, r.stdout
     assert "Traceback" not in r.stderr and TOKEN not in r.stdout + r.stderr
     assert over.get("GITHUB_TOKEN", TOKEN) not in r.stdout + r.stderr
+
+
+def test_status_shows_no_rate_limit_before_github_ever_answered(tmp_path, sqlite_url):
+    """GitHub unreachable from the start (a wrong port): `refinery status` has no rate limit to show, not -1/-1."""
+    import json
+
+    s = settings_for(sqlite_url, tmp_path, tracker="github", github_repo="acme/lab",
+                     github_api_url="http://127.0.0.1:9/api/v3")
+    env = env_for(s)
+    r = once(env)
+    assert r.returncode == 0 and "unreachable" in r.stdout, r.stdout + r.stderr
+    st = subprocess.run([sys.executable, "-m", "agent", "status", "--json"], env=env, cwd=config.ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert json.loads(st.stdout)["tracker"]["rate"] is None, st.stdout
+    text = subprocess.run([sys.executable, "-m", "agent", "status"], env=env, cwd=config.ROOT,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "-1/-1" not in text and "tracker: github acme/lab" in text, text
