@@ -121,7 +121,10 @@ def parse_spec(text: str, base: Settings | None = None, line_offset: int = 0) ->
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         line = int(m.group(1)) if m else (len(text.splitlines()) if "end of document" in str(e) else None)
-        err(line, "toml", f"not valid TOML: {e}",
+        # tomllib counts lines within the block; ours count within the issue body, so keep only its column
+        col = re.search(r"\(at line \d+, column (\d+)\)", str(e))
+        why = re.sub(r"\s*\(at (?:line \d+, column \d+|end of document)\)", "", str(e))
+        err(line, "toml", f"not valid TOML: {why}" + (f" (column {col.group(1)})" if col else ""),
             'write key = value, strings in "quotes", lists as ["a", "b"]')
         return SpecResult(False, errors=errors)
     lines = _key_lines(text)

@@ -109,3 +109,15 @@ def test_status_shows_no_rate_limit_before_github_ever_answered(tmp_path, sqlite
     text = subprocess.run([sys.executable, "-m", "agent", "status"], env=env, cwd=config.ROOT,
                           capture_output=True, text=True, timeout=60).stdout
     assert "-1/-1" not in text and "tracker: github acme/lab" in text, text
+
+
+def test_bad_toml_is_reported_at_its_issue_body_line_only(gh, tmp_path, sqlite_url):  # noqa: F811
+    """tomllib counts lines inside the ```toml block; the comment counts issue-body lines, and must not give both
+    (it said "line 6: ... (at line 2, column 7)")."""
+    n = gh.create_issue("bad toml", "An idea.\n\nMore words.\n\n```toml\nr_max = 3\n[model\n```\n",
+                        labels=["ideas", "cpu"], author="alice")
+    r = once(env_for(settings_for(sqlite_url, tmp_path, gh)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    [body] = [c["body"] for c in gh.comments_of(n)]
+    assert "line 7: toml: not valid TOML: Expected ']' at the end of a table declaration (column 7)" in body, body
+    assert "at line" not in body and "refinery:invalid" in gh.issues[n]["labels"]
