@@ -144,6 +144,9 @@ def parse_spec(text: str, base: Settings | None = None, line_offset: int = 0) ->
                         f"move it under [{FIELD_SECTION[k]}] or write it before any table")
                     continue
                 flat[k], where[k] = v, lines.get((key, k))
+        elif isinstance(value, dict) and key in config.SECTIONS:  # [gate], [queue], ...: the operator's
+            err(lines.get((key, "")), f"[{key}]", f"holds {key} settings, which a spec may not change",
+                "remove the table; the operator sets them in the environment (REFINERY_<FIELD>)")
         elif isinstance(value, dict):
             hint = config.suggest_choice(key, SPEC_SECTIONS + ("prereg",))
             err(lines.get((key, "")), f"[{key}]", "unknown table", hint)

@@ -88,3 +88,12 @@ def test_extract_block_from_issue_body_and_lines_are_body_lines():
     assert extract_toml_block("no spec here") == (None, 0)
     assert spec_from_issue("no spec", base=BASE).ok
     assert extract_toml_block("~~~TOML\na = 1\n~~~")[0] == "a = 1\n"
+
+
+def test_an_operator_table_is_refused_as_such_not_as_a_typo():
+    """[gate] is a real section, just not a spec's: it said "unknown table — did you mean "stages"?"."""
+    r = parse_spec("r_max = 6\n[gate]\nalpha = 0.5\n", base=BASE)
+    [e] = r.errors
+    assert e.key == "[gate]" and e.line == 2 and "may not change" in e.message and "stages" not in e.suggestion
+    assert "REFINERY_" in e.suggestion
+    assert parse_spec("[modle]\nx = 1\n", base=BASE).errors[0].message == "unknown table"
