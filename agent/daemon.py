@@ -172,8 +172,16 @@ class Daemon:
             self.outbox.comment(n, f"{base}/result", f"**{job.kind}: {verdict}** (job {job.id})"
                                 + (f" — {reason}" if reason else "")
                                 + (f"\n\nRun directory: `{job.run_dir}`" if job.run_dir else ""), job.run_dir)
-            if verdict in VERDICT_STATUS:  # EXTEND and the like: the pipeline goes on, the label stays
-                self.outbox.status(n, f"{base}/status-done", VERDICT_STATUS[verdict])
+            status = VERDICT_STATUS.get(verdict, "passed" if verdict == "DONE" else None)
+            if status:  # DONE: an agent item or a task finished its work
+                self.outbox.status(n, f"{base}/status-done", status)
+        elif job.state == State.RETRYING:  # an attempt failed; back in the queue until its back-off has passed
+            wait = max(0, round(job.not_before - time.time()))
+            tail = (job.error or "")[-1500:]
+            self.outbox.comment(n, f"{base}/retry-a{job.attempt}", f"**{job.kind}: attempt {job.tries} of "
+                                f"{job.max_attempts} failed** (job {job.id}), a fault of the run; it runs again in "
+                                f"about {wait} s.\n\n```\n{tail}\n```", job.run_dir)
+            self.outbox.status(n, f"{base}/status-retry-a{job.attempt}", "queued")
         elif job.state == State.FAILED:
             tail = (job.error or "")[-3000:]
             self.outbox.comment(n, f"{base}/failed", f"**{job.kind} failed** (job {job.id}, attempt {job.tries}"

@@ -51,7 +51,7 @@ def fake_stage(monkeypatch):
 
 def daemon_for(gh_srv, tmp_path, sqlite_url, docs_repo, **over):
     s = settings_for(sqlite_url, tmp_path, gh_srv, docs_dir=str(docs_repo / "docs"), progress_edit_s=1.0,
-                     max_attempts=1, retry_backoff_s=0.0, **over)
+                     **{"max_attempts": 1, "retry_backoff_s": 0.0, **over})
     return make_daemon(s)
 
 
@@ -186,6 +186,22 @@ def test_crash_and_error_are_failures_not_verdicts(gh, tmp_path, sqlite_url, doc
     assert cb.startswith("**Ablation: failed** (ERROR: a fault of the run, not a verdict on the idea)")
     assert status_labels(gh, b) == ["refinery:failed"]
     assert not d.kv.keys("graveyard:") and not list((docs_repo / "docs").glob("findings/*.md"))
+    d.store.close()
+
+
+def test_a_failed_attempt_waiting_for_its_retry_says_so(gh, tmp_path, sqlite_url, docs_repo, fake_stage):  # noqa: F811
+    """Between a crashed attempt and its retry the issue is told: the error's tail, the attempt, and the label
+    goes back to queued (it said running until the retry began)."""
+    d = daemon_for(gh, tmp_path, sqlite_url, docs_repo, max_attempts=2, retry_backoff_s=600.0)
+    n = gh.create_issue("crashes crash=smoke", SPEC, labels=["ideas", "cpu"])
+    drive(d, lambda: any(str(j.state) == "retrying" for j in d.store.jobs_for_issue(n))
+          and d.outbox_store.counts()["pending"] == 0 and status_labels(gh, n) == ["refinery:queued"])
+    (job,) = d.store.jobs_for_issue(n)
+    body = by_key(gh, n)[f"i{n}/j{job.id}/smoke/retry-a1"]
+    assert body.startswith(f"**smoke: attempt 1 of 2 failed** (job {job.id}), a fault of the run; it runs again in"
+                           " about "), body
+    assert "crashing on purpose" in body
+    assert label_history(gh, n)[-2:] == ["refinery:running", "refinery:queued"]
     d.store.close()
 
 
