@@ -321,20 +321,25 @@ def branch_name_for(job) -> str:
 
 
 def cmd_done(args) -> int:
+    from agent.redact import redact
+
+    note = redact(args.note)  # stored in the queue database (under runs/) and posted on the issue
     with _store() as store:
         job_id, attempt = _lease(store, args.lease)
         job = store.get(job_id)
         branch = args.branch or branch_name_for(job)
-        store.finish(job_id, attempt, {"note": args.note, "branch": branch, "verdict": "DONE",
-                                       "reason": f"branch `{branch}`: {args.note}"}, note=args.note[:500])
+        store.finish(job_id, attempt, {"note": note, "branch": branch, "verdict": "DONE",
+                                       "reason": f"branch `{branch}`: {note}"}, note=note[:500])
     print(f"job {job_id}: succeeded")
     return 0
 
 
 def cmd_fail(args) -> int:
+    from agent.redact import redact
+
     with _store() as store:
         job_id, attempt = _lease(store, args.lease)
-        job = store.fail(job_id, attempt, args.note, retry=args.retry)
+        job = store.fail(job_id, attempt, redact(args.note), retry=args.retry)
     print(f"job {job_id}: {job.state}")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,10 @@ def test_a_token_from_the_token_file_is_redacted_too(tmp_path, sqlite_url):
         assert any("tested with the token [REDACTED]" in b for b in bodies), bodies
         assert not any(hex_token in b for b in bodies)
         assert hex_token not in r.stdout + r.stderr + claim.stdout + done.stdout + done.stderr
+        db = Path(sqlite_url.split("sqlite:///", 1)[1])  # the note is stored masked too (runs/queue.db)
+        assert not [f for f in db.parent.glob(db.name + "*") if hex_token.encode() in f.read_bytes()]
+        # a finished agent item is labelled passed: it no longer says queued or running
+        assert [x for x in srv.issues[n]["labels"] if x.startswith("refinery:")] == ["refinery:passed"]
     finally:
         srv.stop()
 
