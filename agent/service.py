@@ -100,11 +100,26 @@ def data_dirs(repo: Path, settings: config.Settings) -> tuple[Path, Path]:
     return repo / runs, repo / docs  # an absolute setting replaces repo
 
 
+def sqlite_dir(repo: Path, settings: config.Settings) -> Path | None:
+    """The directory of a SQLite queue outside runs/ (SQLite writes its -wal and -shm files beside the
+    database, so the directory must be writable); None for PostgreSQL, in-memory or a queue under runs/."""
+    url = settings.db_url
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        return None
+    d = (repo / url.split("sqlite:///", 1)[1].split("?", 1)[0]).parent  # relative: to the checkout (the unit's cwd)
+    runs = data_dirs(repo, settings)[0]
+    return None if d.absolute().is_relative_to(runs.absolute()) else d
+
+
 def writable_paths(repo: Path, archive_dir: str, settings: config.Settings) -> list[str]:
-    """ReadWritePaths=: runs/ and docs/ (must exist), .git (findings commits), the archive ('-' = may be absent,
-    so an unmounted archive disk does not stop the daemon from starting)."""
+    """ReadWritePaths=: runs/ and docs/ (must exist), a SQLite queue's directory outside runs/, .git (findings
+    commits), the archive ('-' = may be absent, so an unmounted archive disk does not stop the daemon from
+    starting)."""
     runs, docs = data_dirs(repo, settings)
     out = [_path(runs, "runs_dir"), _path(docs, "docs_dir")]
+    db = sqlite_dir(repo, settings)
+    if db is not None:
+        out.append(_path(db, "the queue database's directory"))
     g = git_dir(repo)
     if g is not None:
         out.append(_path(g, "the git directory"))
@@ -188,8 +203,10 @@ def install(user: bool, print_only: bool = False, unit_dir: Path | str | None = 
     unit_path = unit_dir / UNIT_NAME
     repo = Path(render_kw.get("repo") or config.ROOT).absolute()
     try:
-        for d in data_dirs(repo, render_kw.get("settings") or config.load()):
-            d.mkdir(parents=True, exist_ok=True)  # ReadWritePaths= entries must exist or the unit fails to start
+        settings = render_kw.get("settings") or config.load()
+        for d in (*data_dirs(repo, settings), sqlite_dir(repo, settings)):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)  # ReadWritePaths= entries must exist or the unit fails to start
         unit_dir.mkdir(parents=True, exist_ok=True)
         etc.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not credential.exists():

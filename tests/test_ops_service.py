@@ -57,6 +57,22 @@ def test_unit_runs_binary_directly_with_stop_and_watchdog(user, tmp_path):
     assert not re.search(r"@[A-Z_]+@", text)
 
 
+def test_a_sqlite_queue_outside_runs_is_writable_in_the_unit(tmp_path):
+    """SQLite writes -wal and -shm beside the database: its directory must be in ReadWritePaths= (the default
+    queue under runs/ is covered by runs/; PostgreSQL needs nothing)."""
+    def rw(db_url: str) -> list[str]:
+        return _keys(render_unit(False, settings=_settings(db_url=db_url), run_as="alice",
+                                 binary=FAKE_BIN))["ReadWritePaths"][0].split()
+
+    base = rw("sqlite:///runs/queue.db")
+    assert sorted(rw(f"sqlite:///{tmp_path}/q/queue.db")) == sorted([*base, str(tmp_path / "q")])
+    assert sorted(rw("sqlite:///state/queue.db")) == sorted([*base, str(config.ROOT / "state")])
+    assert rw("postgresql://refinery@db.lan/refinery") == base
+    install(True, unit_dir=tmp_path / "units", etc_dir=tmp_path / "etc", out=io.StringIO(), binary=FAKE_BIN,
+            settings=_settings(db_url=f"sqlite:///{tmp_path}/q2/queue.db"))
+    assert (tmp_path / "q2").is_dir()  # made, as a ReadWritePaths= entry must exist
+
+
 def test_stop_timeout_covers_the_child_grace():
     s = _settings()
     assert s.daemon.stop_timeout_s > s.queue.cancel_grace_s
