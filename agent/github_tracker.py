@@ -107,9 +107,8 @@ class GitHubTracker:
 
     # ------------------------------------------------------------------ the one door to GitHub
     def _call(self, what: str, fn: Callable[[], Any], write: bool = False) -> Any:
-        if time.time() < self.blocked_until:
-            until = time.strftime("%H:%M:%S", time.localtime(self.blocked_until))
-            raise TrackerUnavailable(f"{self.blocked_why} (waiting until {until})", self.blocked_until)
+        if time.time() < self.blocked_until:  # the message is the cause; the caller says until when
+            raise TrackerUnavailable(self.blocked_why, self.blocked_until)
         for attempt in range(2):
             try:
                 with self.lock:

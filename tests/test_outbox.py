@@ -90,6 +90,8 @@ def test_rate_limited_delivery_waits_and_loses_nothing(gh, tmp_path, sqlite_url)
     rep = d.deliver()
     assert rep.blocked is not None and d.outbox_store.counts()["pending"] >= 1
     assert "rate limit" in d.github_note and "waiting until" in d.github_note
+    d.poll()  # still blocked: said once, not "(waiting until T); waiting until T"
+    assert "rate limit" in d.github_note and d.github_note.count("waiting until") == 1, d.github_note
     time.sleep(2.5)
     d.deliver()
     assert d.outbox_store.counts()["pending"] == 0 and len(gh.comments_of(n)) == 1
