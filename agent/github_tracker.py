@@ -98,7 +98,12 @@ class GitHubTracker:
         self.repo = self.gh.get_repo(self.repo_name)  # lazy: no request
         self.base = f"/repos/{self.repo_name}"
         self.lock = threading.Lock()  # one request at a time (GitHub asks for serial requests)
+        # a back-off outlives a restart (a crash-looping service must not hammer GitHub), but not a change of
+        # the server or repository it was about: a corrected REFINERY_GITHUB_API_URL is tried at once
+        self.endpoint = f"{d.github_api_url.rstrip('/')} {self.repo_name}"
         blocked = kv.get("github.blocked") or {}
+        if blocked.get("endpoint", self.endpoint) != self.endpoint:
+            blocked = {}
         self.blocked_until = float(blocked.get("until", 0.0))
         self.blocked_why = blocked.get("why", "")
         self.failures = 0
@@ -170,7 +175,7 @@ class GitHubTracker:
         """Remember (here and in the database) not to call GitHub before `until`."""
         self.blocked_until, self.blocked_why = until, why
         if until > time.time():
-            self.kv.put("github.blocked", {"until": until, "why": why})
+            self.kv.put("github.blocked", {"until": until, "why": why, "endpoint": self.endpoint})
         log.warning("%s; next try after %s", why, time.strftime("%H:%M:%S", time.localtime(until)))
         return (AmbiguousWrite if ambiguous else TrackerUnavailable)(why, until)
 
@@ -366,6 +371,8 @@ class GitHubTracker:
     def state(self) -> dict:
         rate = self.kv.get("github.rate") or {}
         blocked = self.kv.get("github.blocked") or {}
+        if blocked.get("endpoint", self.endpoint) != self.endpoint:
+            blocked = {}
         return {"tracker": "github", "repo": self.repo_name, "available": time.time() >= blocked.get("until", 0),
                 "blocked_until": blocked.get("until"), "why": blocked.get("why"), **{f"rate_{k}": v
                                                                                    for k, v in rate.items()}}

@@ -105,7 +105,12 @@ def test_primary_rate_limit_is_not_slept_through(gh, kv, tmp_path):  # noqa: F81
     again = tracker(gh, kv, tmp_path)  # a restarted daemon also waits
     with pytest.raises(TrackerUnavailable):
         polled(again)
-    assert len(gh.log) == n
+    assert len(gh.log) == n and not again.state()["available"]
+    other = tracker(gh, kv, tmp_path, github_repo="acme/other")  # restarted for another repository (or server):
+    assert other.state()["available"]                              # that wait was not about it, so it asks at once
+    with pytest.raises(TrackerError):
+        polled(other)
+    assert len(gh.log) == n + 1
 
 
 def test_short_primary_wait_is_slept_within_the_cap(gh, kv, tmp_path):  # noqa: F811
