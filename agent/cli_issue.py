@@ -110,7 +110,11 @@ def _read_body(body: str | None, body_file: str | None) -> str:
     if body_file:
         from pathlib import Path
 
-        return Path(body_file).read_text()
+        try:
+            return Path(body_file).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TrackerError(f"cannot read --body-file {body_file} ({getattr(e, 'strerror', None) or e}): give "
+                               "a readable text file, or - for stdin", 400) from None
     return body or ""
 
 

@@ -1,0 +1,41 @@
+"""`refinery issue ...` (the local tracker) refusing bad input: one line on stderr, exit 2, nothing stored.
+
+    .venv/bin/python -m pytest tests/test_cli_issue.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.cli import main
+from tests.queue_support import queue_env
+
+
+@pytest.fixture
+def env(sqlite_url, tmp_path, monkeypatch):
+    env = queue_env(sqlite_url, tmp_path, tracker="local")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_unreadable_body_file_is_one_line_and_files_nothing(env, capsys, tmp_path):
+    missing = str(tmp_path / "no-such-body.md")
+    rc, out, err = run(capsys, "issue", "new", "an idea", "--body-file", missing)
+    assert rc == 2 and not out and len(err.strip().splitlines()) == 1
+    assert "cannot read --body-file" in err and "no-such-body.md" in err
+    rc, out, _ = run(capsys, "issue", "ls", "--state", "all", "--json")
+    assert rc == 0 and json.loads(out) == []  # nothing was filed
+    assert run(capsys, "issue", "new", "an idea", "--body", "first")[0] == 0
+    rc, out, err = run(capsys, "issue", "edit", "1", "--body-file", str(tmp_path))  # a directory
+    assert rc == 2 and not out and len(err.strip().splitlines()) == 1 and "cannot read --body-file" in err
+    rc, out, _ = run(capsys, "issue", "show", "1", "--json")
+    assert rc == 0 and json.loads(out)["body"] == "first"  # the body is unchanged
