@@ -207,6 +207,9 @@ def _grant(args) -> int:
 def _react(args) -> int:
     db = _db()
     _get(db, args.number)
+    if not any(c["id"] == args.comment_id for c in db.comments(args.number)):
+        raise TrackerError(f"local issue #{args.number} has no comment {args.comment_id} (see `refinery issue show "
+                           f"{args.number}`)", 404)
     db.react(args.comment_id, args.content, _me(db, args.as_login))
     print(f"{args.content} on comment {args.comment_id}")
     return 0

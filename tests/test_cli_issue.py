@@ -39,3 +39,16 @@ def test_unreadable_body_file_is_one_line_and_files_nothing(env, capsys, tmp_pat
     assert rc == 2 and not out and len(err.strip().splitlines()) == 1 and "cannot read --body-file" in err
     rc, out, _ = run(capsys, "issue", "show", "1", "--json")
     assert rc == 0 and json.loads(out)["body"] == "first"  # the body is unchanged
+
+
+def test_react_to_a_comment_that_is_not_on_the_issue_is_one_line(env, capsys):
+    assert run(capsys, "issue", "new", "one", "--body", "x")[0] == 0
+    assert run(capsys, "issue", "new", "two", "--body", "y")[0] == 0
+    rc, out, _ = run(capsys, "issue", "comment", "1", "the result")
+    assert rc == 0
+    comment = out.strip()
+    for number, cid in (("1", "999"), ("2", comment)):  # no such comment; a comment of another issue
+        rc, out, err = run(capsys, "issue", "react", number, cid)
+        assert rc == 2 and not out and len(err.strip().splitlines()) == 1 and f"has no comment {cid}" in err
+    rc, out, _ = run(capsys, "issue", "react", "1", comment)
+    assert rc == 0 and f"+1 on comment {comment}" in out
