@@ -263,8 +263,11 @@ def notes_path(settings: config.Settings, job) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     p = d / "notes.md"
     if not p.exists():
-        title = job.payload.get("title", "")
-        p.write_text(f"# Working notes: issue #{job.issue} {title}\n\nKept across claims: write down what you "
+        from agent.sanitize import sanitize
+
+        title = sanitize(job.payload.get("title", ""))  # the agent reads this file first: no hidden instructions
+        item = f"issue #{job.issue}" if job.issue is not None else f"job {job.id}"
+        p.write_text(f"# Working notes: {item} {title}\n\nKept across claims: write down what you "
                      "tried, what is left and where the branch is, so a restarted agent can pick up here.\n\n")
     return p
 
