@@ -34,7 +34,8 @@ def register(sub) -> None:
 
     p = qs.add_parser("ls", help="list jobs, newest first")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-    p.add_argument("--state", help="only this state (queued, blocked, running, retrying, succeeded, failed, cancelled)")
+    p.add_argument("--state", metavar="STATE", help="only this state: %(choices)s", choices=(
+        "queued", "blocked", "running", "retrying", "succeeded", "failed", "cancelled"))
     p.add_argument("--lane", choices=("gpu", "cpu", "agent"))
     p.add_argument("--issue", type=int)
     p.add_argument("--limit", type=int, default=50)

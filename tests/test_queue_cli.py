@@ -65,6 +65,15 @@ def test_enqueue_ls_show_cancel_retry_logs(env, capsys, monkeypatch):
     store.close()
 
 
+def test_ls_refuses_an_unknown_state(env, capsys):
+    """A misspelt --state is a usage error (exit 2), not an empty table that reads as "no such jobs"."""
+    with pytest.raises(SystemExit) as e:
+        main(["queue", "ls", "--state", "faild"])
+    assert e.value.code == 2 and "invalid choice: 'faild'" in capsys.readouterr().err
+    for state in State:  # every state the queue has is accepted
+        assert run(capsys, "queue", "ls", "--state", state.value, "--json") == (0, "", "")
+
+
 def test_agent_lane_claim_heartbeat_done_fail(env, capsys, tmp_path):
     store = Store(settings_for(env))
     store.enqueue(12, "agent", "agent", {"title": "Add a flag", "body": "Please add --x.", "labels": ["tools"]},
