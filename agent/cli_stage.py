@@ -18,7 +18,7 @@ def register(sub) -> None:
                        ("train", "full stage: language modelling on runs/corpus, candidate vs control")):
         p = sub.add_parser(cmd, help=help_)
         p.add_argument("spec", nargs="?", help="SPEC.toml (default: the configured defaults)")
-        p.add_argument("--run-dir", help="where to write the run (default runs/<time>-i0-<stage>-fg)")
+        p.add_argument("--run-dir", help="where to write the run (default: REFINERY_RUNS_DIR/<time>-i0-<stage>-fg)")
         p.add_argument("--seed-base", type=int, help="first seed (default: train.seed)")
         if cmd == "ablate":
             p.add_argument("--replicate", action="store_true", help="the replication: the same rule on fresh seeds")
@@ -39,7 +39,7 @@ def _run_stage(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     import config
-    from config import ROOT
+    from agent.outbox import runs_dir
     from experiments.runs import run_dir_name
     from experiments.spec import spec_from_file
     from experiments.stage import execute
@@ -49,7 +49,7 @@ def _run_stage(args) -> int:
     stage = STAGE_OF[args.stage_cmd]
     if getattr(args, "replicate", False):
         stage = "replication"
-    run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / run_dir_name(stage)
+    run_dir = Path(args.run_dir) if args.run_dir else runs_dir(res.settings) / run_dir_name(stage)  # REFINERY_RUNS_DIR
     console.print(f"[bold]{stage}[/] of {args.spec or 'the defaults'} → {run_dir}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
