@@ -28,7 +28,7 @@ def register(sub) -> None:
     b = csub.add_parser("build", help="tokenize PATH... (files or directories) into runs/corpus/{train,val}.bin")
     b.add_argument("paths", nargs="*", help="text files or directories (recursed, sorted)")
     b.add_argument("--stdlib", action="store_true", help="add Python's standard-library sources (offline demo)")
-    b.add_argument("--out", default=None, help="output directory (default runs/corpus)")
+    b.add_argument("--out", default=None, help="output directory (default: REFINERY_CORPUS_DIR, runs/corpus)")
     b.add_argument("--val-frac", type=float, default=0.05, help="fraction of documents held out for validation")
     b.add_argument("--max-bytes", type=int, default=4_000_000, help="cap on the text read (0 = no cap)")
     b.set_defaults(func=_corpus_build)
@@ -73,6 +73,7 @@ def _corpus_build(args) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
+    import config
     from experiments import corpus
 
     sources = corpus.collect(args.paths, max_bytes=args.max_bytes) if args.paths else []
@@ -80,7 +81,8 @@ def _corpus_build(args) -> int:
         sources += corpus.stdlib_sources(args.max_bytes or 4_000_000)
     if not sources:
         raise corpus.CorpusError("nothing to build: give PATH... or --stdlib")
-    out = Path(args.out) if args.out else corpus.CORPUS_DIR
+    out = Path(args.out or config.load().stages.corpus_dir)  # REFINERY_CORPUS_DIR: where `train` reads it
+    out = out if out.is_absolute() else config.ROOT / out
     with Progress(console=Console(stderr=True)) as bar:
         tid = bar.add_task("tokenizing", total=len(sources))
         man = corpus.build(sources, out, val_frac=args.val_frac,

@@ -31,3 +31,18 @@ def test_foreground_stage_writes_its_run_under_refinery_runs_dir(tmp_path):
     made = [d for d in runs.iterdir() if d.name.endswith("-i0-smoke-fg")] if runs.is_dir() else []
     assert len(made) == 1, f"no run under REFINERY_RUNS_DIR={runs}: {p.stderr}"
     assert read_result(made[0])["verdict"] == "PASS"
+
+
+def test_corpus_build_writes_where_train_reads_it(tmp_path):
+    """`corpus build` without --out writes REFINERY_CORPUS_DIR, the directory the full stage loads."""
+    from experiments import corpus
+
+    src = tmp_path / "texts"
+    src.mkdir()
+    for i in range(3):
+        (src / f"d{i}.txt").write_text(f"document {i} " * 50)
+    cdir = tmp_path / "corpus"
+    p = _refinery("corpus", "build", str(src), env={**ENV, "REFINERY_CORPUS_DIR": str(cdir)}, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert str(cdir) in p.stdout and (cdir / "manifest.json").is_file()
+    assert len(corpus.load("train", cdir, verify=True)) > 0 and len(corpus.load("val", cdir, verify=True)) > 0
