@@ -118,6 +118,11 @@ def _read_body(body: str | None, body_file: str | None) -> str:
     return body or ""
 
 
+def _check_labels(labels: list[str]) -> None:
+    if any(not lab.strip() for lab in labels):
+        raise TrackerError("a label cannot be empty: give its name, e.g. -l ideas", 422)
+
+
 def _get(db, number: int) -> dict:
     d = db.get(number)
     if d is None:
@@ -130,6 +135,7 @@ def _new(args) -> int:
     if not title or not title.strip() or (args.title and args.title_opt):
         raise TrackerError("give the issue one title: refinery issue new TITLE (or --title TITLE) [--body TEXT] "
                            "[-l LABEL]...", 400)
+    _check_labels(args.label)
     db = _db()
     n = db.create(title, _read_body(args.body, args.body_file), args.label, _me(db, args.as_login))
     print(f"#{n}")
@@ -171,6 +177,7 @@ def _comment(args) -> int:
 
 
 def _label(args) -> int:
+    _check_labels(args.add + args.remove)
     db = _db()
     _get(db, args.number)
     who = _me(db, args.as_login)

@@ -52,3 +52,13 @@ def test_react_to_a_comment_that_is_not_on_the_issue_is_one_line(env, capsys):
         assert rc == 2 and not out and len(err.strip().splitlines()) == 1 and f"has no comment {cid}" in err
     rc, out, _ = run(capsys, "issue", "react", "1", comment)
     assert rc == 0 and f"+1 on comment {comment}" in out
+
+
+def test_an_empty_label_is_refused(env, capsys):
+    rc, out, err = run(capsys, "issue", "new", "one", "-l", "ideas", "-l", " ")
+    assert rc == 2 and not out and "label cannot be empty" in err
+    assert json.loads(run(capsys, "issue", "ls", "--json")[1]) == []  # nothing filed
+    assert run(capsys, "issue", "new", "one", "-l", "ideas")[0] == 0
+    rc, out, err = run(capsys, "issue", "label", "1", "cpu", "")
+    assert rc == 2 and not out and "label cannot be empty" in err
+    assert json.loads(run(capsys, "issue", "show", "1", "--json")[1])["labels"] == ["ideas"]  # nothing half-done
