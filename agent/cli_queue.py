@@ -227,7 +227,7 @@ def cmd_logs(args) -> int:
 
 
 class NothingToRun(config.RefineryError):
-    """`queue enqueue` on the gpu or cpu lane was given neither a spec nor a command.
+    """`queue enqueue` on the gpu or cpu lane was given neither a spec nor a command (or both).
 
     Fix: add --spec FILE (a stage of that spec) or `-- CMD...` (any command)."""
 
@@ -237,6 +237,9 @@ def cmd_enqueue(args) -> int:
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     payload: dict = {}
+    if args.spec and cmd:
+        raise NothingToRun(f"give --spec FILE or a command after --, not both (got --spec {args.spec} and "
+                           f"{' '.join(cmd)[:60]!r})")
     if args.spec:
         spec_from_file(args.spec)  # a bad spec is refused now, not failed later by the job
         spec = Path(args.spec).resolve()

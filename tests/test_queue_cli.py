@@ -175,6 +175,9 @@ def test_enqueue_refuses_bad_input_and_stores_nothing(sqlite_url, tmp_path, monk
     assert rc == 2 and "cannot read spec file" in err and "no.toml" in err
     rc, _, err = run(capsys, "queue", "enqueue", "--lane", "cpu", "--kind", "task")
     assert rc == 2 and "NothingToRun: nothing to run" in err
+    demo = str(ROOT / "experiments" / "specs" / "demo.toml")
+    rc, _, err = run(capsys, "queue", "enqueue", "--lane", "cpu", "--kind", "smoke", "--spec", demo, "--", "true")
+    assert rc == 2 and "not both" in err and len(err.strip().splitlines()) == 1  # the command was silently dropped
     rc, _, err = run(capsys, "smoke", str(tmp_path / "no.toml"))  # the foreground stage: the same rule
     assert rc == 2 and "cannot read spec file" in err
     rc, out, _ = run(capsys, "queue", "ls", "--json")
