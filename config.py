@@ -417,6 +417,8 @@ class Settings:
 
 
 TASK_NAMES = ("khop", "s5", "listops", "summod", "copy")  # experiments/tasks/ implements these
+CORPUS_VAL_FRAC = 0.05  # `refinery corpus build`: the share of documents (of one document: its tail) for val
+CORPUS_MAX_BYTES = 4_000_000  # ... and the cap on the text it reads (--max-bytes 0: none)
 
 FIELD_SECTION: dict[str, str] = {}
 FIELD_META: dict[str, dict] = {}

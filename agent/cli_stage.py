@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import config
+
 STAGE_OF = {"smoke": "smoke", "ablate": "ablation", "train": "full"}
 
 
@@ -29,8 +31,10 @@ def register(sub) -> None:
     b.add_argument("paths", nargs="*", help="text files or directories (recursed, sorted)")
     b.add_argument("--stdlib", action="store_true", help="add Python's standard-library sources (offline demo)")
     b.add_argument("--out", default=None, help="output directory (default: REFINERY_CORPUS_DIR, runs/corpus)")
-    b.add_argument("--val-frac", type=float, default=0.05, help="fraction of documents held out for validation")
-    b.add_argument("--max-bytes", type=int, default=4_000_000, help="cap on the text read (0 = no cap)")
+    b.add_argument("--val-frac", type=_fraction, default=config.CORPUS_VAL_FRAC,
+                   help="fraction of documents held out for validation (one document: of its tokens)")
+    b.add_argument("--max-bytes", type=_nonneg_int, default=config.CORPUS_MAX_BYTES,
+                   help="cap on the text read (0 = no cap)")
     b.set_defaults(func=_corpus_build)
 
 
@@ -38,7 +42,6 @@ def _run_stage(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    import config
     from agent.outbox import runs_dir
     from experiments.runs import run_dir_name
     from experiments.spec import spec_from_file
@@ -73,14 +76,14 @@ def _corpus_build(args) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    import config
     from experiments import corpus
 
-    sources = corpus.collect(args.paths, max_bytes=args.max_bytes) if args.paths else []
+    sources, left = corpus.cap(corpus.collect(args.paths), args.max_bytes) if args.paths else ([], [])
     if args.stdlib:
-        sources += corpus.stdlib_sources(args.max_bytes or 4_000_000)
+        sources += corpus.stdlib_sources(args.max_bytes or config.CORPUS_MAX_BYTES)
     if not sources:
-        raise corpus.CorpusError("nothing to build: give PATH... or --stdlib")
+        raise corpus.CorpusError(f"every file is over the --max-bytes cap of {args.max_bytes:,} bytes: raise it, or "
+                                 "--max-bytes 0 for no cap" if left else "nothing to build: give PATH... or --stdlib")
     out = Path(args.out or config.load().stages.corpus_dir)  # REFINERY_CORPUS_DIR: where `train` reads it
     out = out if out.is_absolute() else config.ROOT / out
     with Progress(console=Console(stderr=True)) as bar:
@@ -89,4 +92,33 @@ def _corpus_build(args) -> int:
                            progress=lambda i, n: bar.update(tid, completed=i, total=n))
     print(f"corpus: {man['documents']} documents, {man['tokens']['train']:,} train + {man['tokens']['val']:,} val "
           f"tokens → {out}")
+    if man["empty_files_left_out"]:
+        print(f"corpus: {len(man['empty_files_left_out'])} empty file(s) left out")
+    if left:
+        print(f"corpus: {len(left)} file(s) left out over the --max-bytes cap of {args.max_bytes:,} bytes "
+              f"(first: {left[0][1]}); --max-bytes 0 reads them all")
     return 0
+
+
+def _fraction(text: str) -> float:
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1 (e.g. {config.CORPUS_VAL_FRAC})")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a byte count of 0 or more (0 = no cap)")
+    return v

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from config import ROOT, RefineryError
+from config import CORPUS_MAX_BYTES, CORPUS_VAL_FRAC, ROOT, RefineryError
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".toml", ".cfg", ".ini", ".json", ".html", ".c", ".h")
 CORPUS_DIR = ROOT / "runs" / "corpus"
@@ -33,7 +33,7 @@ class CorpusError(RefineryError):
     """
 
 
-def collect(paths: list[str | Path], max_bytes: int = 0) -> list[tuple[Path, str]]:
+def collect(paths: list[str | Path]) -> list[tuple[Path, str]]:
     """(file, name) pairs in a deterministic order; name is the path relative to the argument given."""
     out: list[tuple[Path, str]] = []
     for p in map(Path, paths):
@@ -45,19 +45,25 @@ def collect(paths: list[str | Path], max_bytes: int = 0) -> list[tuple[Path, str
             out.extend((f, f"{p.name}/{f.relative_to(p).as_posix()}") for f in files)
         else:
             raise CorpusError(f"{p}: no such file or directory")
-    if max_bytes:
-        kept, total = [], 0
-        for f, name in out:
-            size = f.stat().st_size
-            if total + size > max_bytes:
-                continue
-            kept.append((f, name))
-            total += size
-        out = kept
     return out
 
 
-def stdlib_sources(max_bytes: int = 4_000_000) -> list[tuple[Path, str]]:
+def cap(sources: list[tuple[Path, str]], max_bytes: int) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """(kept, left out): the sources in order while their bytes fit in max_bytes (0: no cap)."""
+    if not max_bytes:
+        return sources, []
+    kept, left, total = [], [], 0
+    for f, name in sources:
+        size = f.stat().st_size
+        if total + size > max_bytes:
+            left.append((f, name))
+            continue
+        kept.append((f, name))
+        total += size
+    return kept, left
+
+
+def stdlib_sources(max_bytes: int = CORPUS_MAX_BYTES) -> list[tuple[Path, str]]:
     """Python's standard-library .py files, top level first (every machine with Python has them)."""
     lib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(f for f in lib.glob("*.py"))
@@ -87,21 +93,26 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def build(sources: list[tuple[Path, str]], out_dir: Path | str = CORPUS_DIR, val_frac: float = 0.05,
+def build(sources: list[tuple[Path, str]], out_dir: Path | str = CORPUS_DIR, val_frac: float = CORPUS_VAL_FRAC,
           progress=None) -> dict:
-    """Tokenize `sources` into out_dir/{train,val}.bin + manifest.json; returns the manifest."""
+    """Tokenize `sources` into out_dir/{train,val}.bin + manifest.json; returns the manifest. Empty files are
+    left out; a single document gives its last val_frac of tokens to val."""
     from refiner_model.tokenizer import EOT, get_encoding
 
     if not sources:
         raise CorpusError("no text files found in the paths given")
+    if not 0.0 < val_frac < 1.0:
+        raise CorpusError(f"val_frac = {val_frac} must lie between 0 and 1 (e.g. {CORPUS_VAL_FRAC})")
     enc = get_encoding()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    manifest_sources = []
+    manifest_sources, empty = [], []
     for i, (path, name) in enumerate(sources):
         raw = path.read_bytes()
         text = raw.decode("utf-8", errors="replace")
+        if not text.strip():
+            empty.append(name)
+            continue
         ids = enc.encode_ordinary(text) + [EOT]
         split = "val" if _to_val(name, val_frac) else "train"
         splits[split].append(np.asarray(ids, dtype=np.uint16))
@@ -109,12 +120,23 @@ def build(sources: list[tuple[Path, str]], out_dir: Path | str = CORPUS_DIR, val
                                  "tokens": len(ids), "split": split})
         if progress:
             progress(i + 1, len(sources))
-    if not splits["val"]:  # a tiny corpus: move the last document so val is never empty
-        moved = splits["train"].pop()
-        splits["val"].append(moved)
+    if not manifest_sources:
+        raise CorpusError(f"no text to build from: {len(empty)} empty file(s) ({', '.join(empty[:3])})")
+    if len(manifest_sources) == 1:  # one document: its tail is the validation text
+        (ids,) = splits["train"] + splits["val"]
+        cut = int(len(ids) * (1.0 - val_frac))
+        if cut < 1 or cut >= len(ids):
+            raise CorpusError(f"{manifest_sources[0]['name']} holds {len(ids)} tokens, too few to hold out "
+                              f"{val_frac:g} of them for val: give more text")
+        splits = {"train": [ids[:cut]], "val": [ids[cut:]]}
+        manifest_sources[0]["split"] = f"train, last {len(ids) - cut} tokens val"
+    elif not splits["val"]:  # a tiny corpus: move the last document so val is never empty
+        splits["val"].append(splits["train"].pop())
         manifest_sources[-1]["split"] = "val"
-    if not splits["train"]:
-        raise CorpusError("the corpus needs at least two documents (one for train, one for val)")
+    elif not splits["train"]:
+        splits["train"].append(splits["val"].pop(0))
+        manifest_sources[0]["split"] = "train"
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused build leaves no empty directory
     counts = {}
     for split, arrs in splits.items():
         data = np.concatenate(arrs)
@@ -122,7 +144,7 @@ def build(sources: list[tuple[Path, str]], out_dir: Path | str = CORPUS_DIR, val
         counts[split] = int(len(data))
     manifest = {
         "tokenizer": "r50k_base", "dtype": "uint16", "eot": EOT, "val_frac": val_frac,
-        "tokens": counts, "documents": len(manifest_sources),
+        "tokens": counts, "documents": len(manifest_sources), "empty_files_left_out": empty,
         "bin_sha256": {s: hashlib.sha256((out_dir / f"{s}.bin").read_bytes()).hexdigest() for s in counts},
         "sources": manifest_sources,
     }

@@ -46,3 +46,44 @@ def test_corpus_build_writes_where_train_reads_it(tmp_path):
     assert p.returncode == 0, p.stderr
     assert str(cdir) in p.stdout and (cdir / "manifest.json").is_file()
     assert len(corpus.load("train", cdir, verify=True)) > 0 and len(corpus.load("val", cdir, verify=True)) > 0
+
+
+def test_corpus_build_from_one_file_holds_out_its_tail(tmp_path):
+    """One big text file is a corpus: the last val fraction of its tokens is the validation text."""
+    import json
+
+    from experiments import corpus
+
+    book = tmp_path / "book.txt"
+    book.write_text("".join(f"Line {i} of the only book I have.\n" for i in range(400)))
+    cdir = tmp_path / "corpus"
+    p = _refinery("corpus", "build", str(book), "--out", str(cdir), "--val-frac", "0.1", env=ENV, timeout=60)
+    assert p.returncode == 0, p.stderr
+    train, val = corpus.load("train", cdir, verify=True), corpus.load("val", cdir, verify=True)
+    assert 0.08 < len(val) / (len(train) + len(val)) < 0.12
+    man = json.loads((cdir / "manifest.json").read_text())
+    assert man["documents"] == 1 and man["sources"][0]["split"] == f"train, last {len(val)} tokens val"
+
+
+def test_corpus_build_says_what_it_left_out_and_refuses_nonsense(tmp_path):
+    src = tmp_path / "texts"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha " * 300)
+    (src / "b.txt").write_text("beta " * 300)
+    (src / "c.txt").write_text("gamma " * 3000)  # over the cap below
+    (src / "empty.txt").write_text("\n")
+    cdir = tmp_path / "corpus"
+    p = _refinery("corpus", "build", str(src), "--out", str(cdir), "--max-bytes", "5000", env=ENV, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "corpus: 2 documents" in p.stdout and "1 empty file(s) left out" in p.stdout
+    assert "1 file(s) left out over the --max-bytes cap of 5,000 bytes (first: texts/c.txt)" in p.stdout
+    for bad, said in ((["--val-frac", "2"], "not a fraction between 0 and 1"),
+                      (["--max-bytes", "-5"], "not a byte count of 0 or more")):
+        p = _refinery("corpus", "build", str(src), "--out", str(tmp_path / "no"), *bad, env=ENV, timeout=60)
+        assert p.returncode == 2 and said in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = _refinery("corpus", "build", str(src / "empty.txt"), "--out", str(tmp_path / "no"), env=ENV, timeout=60)
+    assert p.returncode == 2 and "no text to build from: 1 empty file(s) (empty.txt)" in p.stderr, p.stderr
+    p = _refinery("corpus", "build", str(src / "c.txt"), "--out", str(tmp_path / "no"), "--max-bytes", "10",
+                  env=ENV, timeout=60)
+    assert p.returncode == 2 and "every file is over the --max-bytes cap of 10 bytes" in p.stderr, p.stderr
+    assert not (tmp_path / "no").exists()  # a refused build leaves no empty directory behind
