@@ -7,8 +7,7 @@ Layers, later wins:  defaults  <  hardware profile  <  size preset (model dims)
                      <  environment (REFINERY_<FIELD>, MODEL_ARCH)  <  REFINERY_ENV_FILE's lines
                      <  spec (TOML)
 
-    python -m config             # the effective configuration and where each value came from
-    refinery config              # the same
+    refinery config [--json]     # the effective configuration, each value's range and source
 
 Importing this module has no side effects: no torch, no network, no files.
 """
@@ -19,7 +18,6 @@ import dataclasses
 import difflib
 import os
 import re
-import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -590,31 +588,28 @@ def read_github_token(env: Mapping[str, str] | None = None, settings: Settings |
     return None
 
 
-def describe(settings: Settings) -> list[tuple[str, str, str, str]]:
-    """Rows (section, field, value, source) for `refinery config`; secrets are never fields."""
-    return [(FIELD_SECTION[k], k, repr(v), settings.source_of(k)) for k, v in settings.flat().items()]
+def range_text(key: str) -> str:
+    """A field's allowed values as `refinery config` shows them: a|b|c, [lo, hi], (lo, hi] or ''."""
+    m = FIELD_META[key]
+    if m["choices"]:
+        return "|".join(map(str, m["choices"]))
+    if m["lo"] is None and m["hi"] is None:
+        return ""
+    lo, hi = ("" if x is None else f"{x:g}" for x in (m["lo"], m["hi"]))
+    return f"{'(' if m['open_lo'] else '['}{lo}, {hi}]"
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = load()
-    except ConfigError as e:
-        print(f"refinery: bad configuration: {e}", file=sys.stderr)
-        return 2
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="refinery configuration", show_lines=False)
-    for col in ("section", "field", "value", "source"):
-        table.add_column(col)
-    for section, key, value, source in describe(settings):
-        table.add_row(section, key, value, source, style=None if source == "default" else "bold")
-    table.add_row("derived", "dims", repr(settings.dims), "preset " + settings.model.preset)
-    table.add_row("derived", "cpu_workers", str(settings.cpu_workers), "queue.cpu_workers")
-    table.add_row("secret", "github token", "set" if read_github_token(settings=settings) else "not set", "env/file")
-    Console().print(table)
-    return 0
+def describe(settings: Settings) -> list[dict[str, str]]:
+    """Rows {section, field, value, range, source} for `refinery config` (the value as it is: the table shows its
+    repr, --json the value); secrets are never fields, only whether the token is set."""
+    rows = [{"section": FIELD_SECTION[k], "field": k, "value": v, "range": range_text(k),
+             "source": settings.source_of(k)} for k, v in settings.flat().items()]
+    return rows + [
+        {"section": "derived", "field": "dims", "value": settings.dims, "range": "",
+         "source": "preset " + settings.model.preset},
+        {"section": "derived", "field": "cpu_workers", "value": settings.cpu_workers, "range": "",
+         "source": "queue.cpu_workers"},
+        {"section": "secret", "field": "github token", "range": "", "source": "env/file",
+         "value": "set" if read_github_token(settings=settings) else "not set"}]
 
 
-if __name__ == "__main__":
-    sys.exit(main())

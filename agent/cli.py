@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("refinery: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `refinery queue ls --json | head`: the reader left; no traceback, no second error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command killed by SIGPIPE
     except RefineryError as e:
         if args.verbose:
             import traceback

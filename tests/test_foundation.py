@@ -94,6 +94,23 @@ def test_cli_config_prints_sources():
     assert "env:REFINERY_LR" in proc.stdout
 
 
+def test_cli_config_shows_each_fields_range():
+    """README: `refinery config` lists every setting with its range — in the table where it fits, always in --json."""
+    import json
+
+    rows = {r["field"]: r for r in map(json.loads, refinery("config", "--json", env={"REFINERY_LR": "0.002"})
+                                       .stdout.splitlines())}
+    assert rows["lr"] == {"section": "train", "field": "lr", "value": 0.002, "range": "(0, 1]",
+                          "source": "env:REFINERY_LR"}
+    assert rows["poll_interval"]["range"] == "[1, 86400]" and rows["arch"]["range"] == "refiner|reasoner|stack"
+    assert set(rows) >= set(config.FIELD_META) and rows["github token"]["value"] in ("set", "not set")
+    wide = refinery("config", env={"COLUMNS": "140"}).stdout
+    assert "range" in wide and "(0, 1]" in wide
+    narrow = refinery("config", env={"COLUMNS": "80"}).stdout
+    assert "(0, 1]" not in narrow and "ranges: a terminal of 110+ columns, or --json" in narrow
+    assert max(map(len, narrow.splitlines())) <= 80
+
+
 def test_tokenizer_hello_world():
     from refiner_model import tokenizer
 
@@ -119,3 +136,12 @@ def test_tokenizer_corrupt_cache_is_detected_and_rebuilt(tmp_path):
 def test_python_m_agent_matches_console_script():
     proc = refinery("--help")
     assert proc.returncode == 0 and "refinery" in proc.stdout
+
+
+def test_cli_output_into_a_closed_pipe_is_no_traceback():
+    """`refinery config --json | head -1`: the reader goes away; refinery stops quietly with 141, as on SIGPIPE."""
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "config", "--json"], cwd=ROOT, env=CLEAN_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before it writes a line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
