@@ -27,6 +27,14 @@ import config
 EXIT_NOTHING = 3  # `queue claim`: no work item right now
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of 1 or more")
+    return int(text)
+
+
 def register(sub) -> None:
     q = sub.add_parser("queue", help="the job queue: ls, show, cancel, retry, logs, enqueue, claim, heartbeat, done,"
                        " fail (database: REFINERY_DB_URL)")
@@ -38,7 +46,7 @@ def register(sub) -> None:
         "queued", "blocked", "running", "retrying", "succeeded", "failed", "cancelled"))
     p.add_argument("--lane", choices=("gpu", "cpu", "agent"))
     p.add_argument("--issue", type=int)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50, help="at most this many jobs, newest first (50)")
     p.set_defaults(func=cmd_ls)
 
     p = qs.add_parser("show", help="one job with its event history")
@@ -209,7 +217,7 @@ def cmd_logs(args) -> int:
 
     with _store() as store:
         job = store.get(args.id)
-        pos = 0
+        pos, waiting = 0, False
         while True:
             if job.run_dir and (Path(job.run_dir) / "log.txt").exists():
                 with open(Path(job.run_dir) / "log.txt", "rb") as f:
@@ -218,8 +226,14 @@ def cmd_logs(args) -> int:
                     pos += len(chunk)
                 sys.stdout.write(chunk.decode(errors="replace"))
                 sys.stdout.flush()
+            elif job.state in FINAL:
+                print(f"job {job.id} has no log (state {job.state})", file=sys.stderr)
             elif not args.follow:
                 print(f"job {job.id} has no log yet (state {job.state})", file=sys.stderr)
+            elif not waiting:  # -f before the job started: say what it waits for, once
+                print(f"job {job.id} has not started (state {job.state}); its log follows when it does "
+                      "(Ctrl-C to stop)", file=sys.stderr, flush=True)
+                waiting = True
             if not args.follow or job.state in FINAL:
                 return 0
             time.sleep(0.5)

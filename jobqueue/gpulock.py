@@ -113,16 +113,22 @@ def run_locked(settings: config.Settings, device: str, argv: list[str], wait_s: 
         sys.stderr.flush()
         try:
             os.execvpe(argv[0], argv, env)
-        except OSError as e:
-            print(f"gpu-lock: cannot run {argv[0]}: {e}", file=sys.stderr)
+        except OSError as e:  # e names the last PATH entry tried (b'/bin/CMD'): say the command and the cause
+            print(f"gpu-lock: cannot run {argv[0]}: {e.strerror}{_not_found_hint(argv[0], e)}", file=sys.stderr)
             return 127
     try:
         return subprocess.run(argv, env=env).returncode
-    except FileNotFoundError as e:
-        print(f"gpu-lock: cannot run {argv[0]}: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"gpu-lock: cannot run {argv[0]}: {e.strerror}{_not_found_hint(argv[0], e)}", file=sys.stderr)
         return 127
     finally:
         lock.release()
+
+
+def _not_found_hint(cmd: str, e: OSError) -> str:
+    if e.errno != 2:
+        return ""
+    return " (check the path)" if "/" in cmd else " (not on PATH: give its full path)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,10 +45,20 @@ def test_enqueue_ls_show_cancel_retry_logs(env, capsys, monkeypatch):
     assert rc == 0 and json.loads(out.splitlines()[0])["state"] == "queued"
     rc, out, _ = run(capsys, "queue", "ls")
     assert rc == 0 and "queued" in out
+    for bad in ("0", "-1"):  # a usage error, not an empty or an unlimited list
+        with pytest.raises(SystemExit) as e:
+            main(["queue", "ls", "--limit", bad])
+        assert e.value.code == 2 and "is not a count of 1 or more" in capsys.readouterr().err
     monkeypatch.setenv("COLUMNS", "80")  # a default terminal: the note stays readable, not folded a letter a line
     rc, out, _ = run(capsys, "queue", "ls")
     assert rc == 0 and " enqueued" in out and max(map(len, out.splitlines())) <= 80
+    follow = subprocess.Popen([sys.executable, "-m", "agent", "queue", "logs", str(job_id), "-f"], cwd=ROOT,
+                              env=proc_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = follow.stderr.readline()  # -f before the job started says so, once, then waits
+    assert said.startswith(f"job {job_id} has not started (state queued); its log follows when it does"), said
     assert run(capsys, "queue", "cancel", str(job_id))[0] == 0
+    out, err = follow.communicate(timeout=30)  # the job ended without a log: -f says so and stops
+    assert follow.returncode == 0 and not out and err.strip() == f"job {job_id} has no log (state cancelled)"
     rc, out, _ = run(capsys, "queue", "show", str(job_id))
     assert rc == 0 and "cancelled" in out and "queued → cancelled" in out.replace("    ", " ").replace("  ", " ")
     rc, _, err = run(capsys, "queue", "cancel", str(job_id))  # illegal: one line, non-zero
@@ -161,6 +171,10 @@ def test_gpu_lock_runs_a_command_under_the_lock(sqlite_url, tmp_path, monkeypatc
     t0 = time.monotonic()
     with gpu_lock(settings, "0").acquire(timeout=5):  # released when the command ended
         assert time.monotonic() - t0 < 1
+    missing = subprocess.run([sys.executable, "-m", "agent", "gpu-lock", "--", "no-such-command-xyz"], cwd=ROOT,
+                             env=proc_env(env), capture_output=True, text=True)
+    assert missing.returncode == 127 and missing.stderr.strip() == (
+        "gpu-lock: cannot run no-such-command-xyz: No such file or directory (not on PATH: give its full path)")
 
 
 def test_enqueue_refuses_bad_input_and_stores_nothing(sqlite_url, tmp_path, monkeypatch, capsys):
