@@ -170,6 +170,8 @@ def _show(args) -> int:
 
 
 def _comment(args) -> int:
+    if not args.text.strip():  # GitHub refuses an empty comment (422); so does the local tracker
+        raise TrackerError("a comment cannot be empty: give its text, e.g. refinery issue comment N 'the result'", 422)
     db = _db()
     _get(db, args.number)
     print(db.add_comment(args.number, args.text, _me(db, args.as_login)))

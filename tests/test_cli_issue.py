@@ -62,3 +62,10 @@ def test_an_empty_label_is_refused(env, capsys):
     rc, out, err = run(capsys, "issue", "label", "1", "cpu", "")
     assert rc == 2 and not out and "label cannot be empty" in err
     assert json.loads(run(capsys, "issue", "show", "1", "--json")[1])["labels"] == ["ideas"]  # nothing half-done
+
+
+def test_an_empty_comment_is_refused(env, capsys):
+    assert run(capsys, "issue", "new", "one", "--body", "x")[0] == 0
+    rc, out, err = run(capsys, "issue", "comment", "1", "  ")
+    assert rc == 2 and not out and len(err.strip().splitlines()) == 1 and "comment cannot be empty" in err
+    assert json.loads(run(capsys, "issue", "show", "1", "--json")[1])["comments"] == []
