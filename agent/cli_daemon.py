@@ -122,9 +122,9 @@ def _status(args) -> int:
     from rich.table import Table
 
     con = Console()
-    lanes = Table(title="lanes")
+    lanes = Table(title="lanes", pad_edge=False)  # eight columns in 80: no padding at the table's edges
     for col in ("lane", "queued", "blocked", "running", "retrying", "succeeded", "failed", "cancelled"):
-        lanes.add_column(col)
+        lanes.add_column(col, justify="left" if col == "lane" else "right")
     for lane, c in sorted(st["lanes"].items()):
         lanes.add_row(lane, *[str(c.get(s, 0)) for s in ("queued", "blocked", "running", "retrying", "succeeded",
                                                           "failed", "cancelled")])

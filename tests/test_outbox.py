@@ -184,6 +184,8 @@ def test_local_tracker_end_to_end_from_the_command_line(tmp_path, sqlite_url):
     st = json.loads(_run(["status", "--json"], env).stdout)
     assert st["lanes"]["gpu"]["queued"] == 1 and st["outbox"]["sent"] >= 3
     assert st["lanes"]["cpu"] == st["lanes"]["agent"] == {}  # every lane is listed, an idle one too
+    table = _run(["status"], {**env, "COLUMNS": "80"}).stdout  # a default terminal: every header whole
+    assert "succeeded" in table and "cancelled" in table and max(map(len, table.splitlines())) <= 80
     assert _run(["issue", "close", "1"], env).returncode == 0
     assert _run(["daemon", "--once"], env).returncode == 0
     shown = json.loads(_run(["issue", "show", "1", "--json"], env).stdout)
