@@ -128,13 +128,20 @@ def writable_paths(repo: Path, archive_dir: str, settings: config.Settings) -> l
     return out
 
 
+def unit_settings(env_file: Path | str) -> config.Settings:
+    """The settings the installed daemon will see: the environment, then the unit's own environment file
+    (the unit sets REFINERY_ENV_FILE=-ENVFILE, so its lines win and a missing file is no error). Read here so
+    that a REFINERY_ARCHIVE_DIR put in that file, as the next steps suggest, reaches ReadWritePaths=."""
+    return config.load({**os.environ, "REFINERY_ENV_FILE": f"-{env_file}"})
+
+
 def render_unit(user: bool, repo: Path | str | None = None, binary: Path | str | None = None,
                 run_as: str | None = None, archive_dir: str | None = None, credential: Path | str | None = None,
                 env_file: Path | str | None = None, settings: config.Settings | None = None) -> str:
     """The unit file text for this checkout. user=True renders the `systemctl --user` variant."""
-    settings = settings or config.load()
     repo = Path(repo or config.ROOT).absolute()
     etc = user_etc() if user else SYSTEM_ETC
+    settings = settings or unit_settings(env_file or etc / "refinery.env")
     archive = settings.daemon.archive_dir if archive_dir is None else archive_dir
     if archive and not Path(archive).is_absolute():
         archive = str(repo / archive)
@@ -195,6 +202,8 @@ def install(user: bool, print_only: bool = False, unit_dir: Path | str | None = 
     credential, env_file = etc / "github-token", etc / "refinery.env"
     render_kw.setdefault("credential", credential)
     render_kw.setdefault("env_file", env_file)
+    if render_kw.get("settings") is None:
+        render_kw["settings"] = unit_settings(render_kw["env_file"])
     text = render_unit(user, **render_kw)
     if print_only:
         out.write(text)
@@ -203,7 +212,7 @@ def install(user: bool, print_only: bool = False, unit_dir: Path | str | None = 
     unit_path = unit_dir / UNIT_NAME
     repo = Path(render_kw.get("repo") or config.ROOT).absolute()
     try:
-        settings = render_kw.get("settings") or config.load()
+        settings = render_kw["settings"]
         for d in (*data_dirs(repo, settings), sqlite_dir(repo, settings)):
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)  # ReadWritePaths= entries must exist or the unit fails to start

@@ -73,6 +73,25 @@ def test_a_sqlite_queue_outside_runs_is_writable_in_the_unit(tmp_path):
     assert (tmp_path / "q2").is_dir()  # made, as a ReadWritePaths= entry must exist
 
 
+def test_install_reads_the_units_environment_file(tmp_path, monkeypatch):
+    """The next steps say: put REFINERY_ARCHIVE_DIR in the environment file, then re-run install. The unit's
+    ReadWritePaths= must then carry the archive, though install's own environment lacks it (sudo drops it)."""
+    monkeypatch.delenv("REFINERY_ARCHIVE_DIR", raising=False)
+    monkeypatch.delenv("REFINERY_ENV_FILE", raising=False)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "refinery.env").write_text(f"REFINERY_ARCHIVE_DIR={tmp_path / 'cold'}\nREFINERY_WATCHDOG_S=77\n")
+    out = io.StringIO()
+    install(True, print_only=True, etc_dir=etc, out=out, binary=FAKE_BIN)
+    k = _keys(out.getvalue())
+    assert "-" + str(tmp_path / "cold") in k["ReadWritePaths"][0].split() and k["WatchdogSec"] == ["77s"]
+    path = install(True, unit_dir=tmp_path / "units", etc_dir=etc, out=io.StringIO(), binary=FAKE_BIN)
+    assert "-" + str(tmp_path / "cold") in _keys(path.read_text())["ReadWritePaths"][0].split()
+    (etc / "refinery.env").unlink()  # no file yet: the defaults, no error
+    assert "-" + str(tmp_path / "cold") not in _keys(
+        render_unit(True, env_file=etc / "refinery.env", binary=FAKE_BIN))["ReadWritePaths"][0]
+
+
 def test_stop_timeout_covers_the_child_grace():
     s = _settings()
     assert s.daemon.stop_timeout_s > s.queue.cancel_grace_s
