@@ -505,8 +505,7 @@ def env_overrides(env: Mapping[str, str], origin: str = "env") -> dict[str, tupl
 # its values winning over the environment, so `systemctl reload` (SIGHUP) picks up edits; a leading
 # "-" (as in systemd) makes a missing file no error.
 # REFINERY_REQUIRE_POSTGRES and REFINERY_TEST_PG are the test suite's (tests/conftest.py).
-NON_FIELD_ENV = {"REFINERY_PROFILE", "REFINERY_HOME", "REFINERY_ENV_FILE", "REFINERY_REQUIRE_POSTGRES",
-                 "REFINERY_TEST_PG"}
+NON_FIELD_ENV = {"REFINERY_PROFILE", "REFINERY_ENV_FILE", "REFINERY_REQUIRE_POSTGRES", "REFINERY_TEST_PG"}
 
 
 def read_env_file(path: str) -> dict[str, str]:

@@ -39,6 +39,7 @@ def test_env_override_records_source():
     ({"MODEL_ARCH": "transformer"}, "arch"),
     ({"REFINERY_CPU_WORKERS": "many"}, "cpu_workers"),
     ({"REFINERY_N_REFINE": "4"}, "n_refine"),
+    ({"REFINERY_HOME": "/srv/refinery"}, "home"),  # read by nothing: refused, not silently ignored
 ])
 def test_bad_value_names_the_field(env, field):
     with pytest.raises(ConfigError) as e:
