@@ -408,15 +408,22 @@ def due_runs(runs_dir: str | os.PathLike, after_days: float, now: float | None =
     return out
 
 
-_REGISTRY_RUN = re.compile(r"(?:^|[\s(`'\"/])runs/(\d{8}-\d{6}-[A-Za-z0-9_.-]+)((?:/[A-Za-z0-9_.-]+)*)")
+_REGISTRY_RUN = r"(?:(?:^|[\s(`'\"/])runs|{runs})/(\d{{8}}-\d{{6}}-[A-Za-z0-9_.-]+)((?:/[A-Za-z0-9_.-]+)*)"
 
 
-def champion_paths(root: str | os.PathLike = config.ROOT) -> set[Path]:
-    """Paths under runs/ named in the model cards (docs/registry/*.md): kept live when archived."""
+def champion_paths(root: str | os.PathLike = config.ROOT, settings: config.Settings | None = None,
+                   runs_dir: str | os.PathLike | None = None) -> set[Path]:
+    """Paths under the runs directory named in the model cards (docs_dir/registry/*.md): kept live when archived.
+    settings: where the cards (docs_dir) and the runs (runs_dir, or runs_dir given) are; none: root/docs, root/runs."""
+    root = Path(root)
+    docs = Path(settings.daemon.docs_dir if settings else "docs")
+    runs = Path(runs_dir or (settings.queue.runs_dir if settings else "runs"))
+    docs, runs = (p if p.is_absolute() else root / p for p in (docs, runs))
+    pattern = re.compile(_REGISTRY_RUN.format(runs=re.escape(str(runs.absolute()))))
     out = set()
-    for card in sorted((Path(root) / "docs" / "registry").glob("*.md")):
-        for m in _REGISTRY_RUN.finditer(card.read_text(errors="replace")):
-            out.add(Path(root) / "runs" / m.group(1) / m.group(2).strip("/"))
+    for card in sorted((docs / "registry").glob("*.md")):
+        for m in pattern.finditer(card.read_text(errors="replace")):
+            out.add(runs / m.group(1) / m.group(2).strip("/"))
     return out
 
 

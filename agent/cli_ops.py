@@ -71,7 +71,7 @@ def _archive_run(args) -> int:
 
     settings = _settings_with_archive()
     runs_dir = _runs_dir(args, settings)
-    keep = champion_paths(config.ROOT) | {Path(k).absolute() for k in args.keep}
+    keep = champion_paths(config.ROOT, settings, runs_dir) | {Path(k).absolute() for k in args.keep}
     if args.dry_run:
         due = due_runs(runs_dir, settings.daemon.archive_after_days)
         for d in due:

@@ -279,7 +279,7 @@ class Daemon:
         if not self.settings.daemon.archive_dir:
             return 0
         try:
-            done = archive_runs(self.settings, runs_dir(self.settings), keep=champion_paths(config.ROOT))
+            done = archive_runs(self.settings, runs_dir(self.settings), keep=champion_paths(config.ROOT, self.settings))
         except Exception:  # noqa: BLE001 - archiving waits for the next pass; the live copy is untouched
             log.exception("archive pass failed")
             return 0

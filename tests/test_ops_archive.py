@@ -140,6 +140,18 @@ def test_champion_weights_kept_on_both_tiers(tiers, tmp_path):
     assert [c.name for c in bad] == [f"{run.name} (live copy)"] and bad[0].changed == ["ckpt/model.pt"]
 
 
+def test_champion_paths_follow_docs_dir_and_runs_dir(tmp_path):
+    """Cards under REFINERY_DOCS_DIR naming weights under REFINERY_RUNS_DIR (absolute, as the pipeline writes
+    them) are found too: champion weights stay on both tiers whatever the two directories are."""
+    runs, docs = tmp_path / "store" / "lab-runs", tmp_path / "notes"
+    settings = config.load({}).replace({"runs_dir": str(runs), "docs_dir": str(docs)})
+    card = docs / "registry" / "refiner-i3-j9.md"
+    card.parent.mkdir(parents=True)
+    card.write_text(f"- checkpoint: `{runs}/20240101-000000-i3-full-9/ckpt/candidate-s0`\n")
+    assert archive.champion_paths(tmp_path, settings) == {runs / "20240101-000000-i3-full-9" / "ckpt" / "candidate-s0"}
+    assert archive.champion_paths(tmp_path) == set()  # root/docs has no cards
+
+
 CHILD = """
 import sys, time
 from pathlib import Path
