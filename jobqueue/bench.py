@@ -318,7 +318,7 @@ def versions(pg_admin: str | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m jobqueue.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small runs, one repeat, 10 s idle (under a minute or two)")
+    ap.add_argument("--quick", action="store_true", help="small runs, one repeat, 5 s idle (about a minute)")
     ap.add_argument("--json", default=str(config.ROOT / "runs" / "bench" / "jobqueue.json"))
     ap.add_argument("--pg", default=PG_DEFAULT, help="PostgreSQL admin URL ('' to skip PostgreSQL)")
     ap.add_argument("--only", choices=("throughput", "latency"), help="one half of the benchmark (its targets only)")
@@ -338,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     n_jobs = {"sqlite": 2000 if a.quick else 10000, "pg": 1000 if a.quick else 4000}
     n_enq = {"sqlite": 1000 if a.quick else 4000, "pg": 500 if a.quick else 2000}
     counts = (1, 4) if a.quick else WORKER_COUNTS
-    idle_s, idle_n, active_n = (10.0, 3, 100) if a.quick else (300.0, 7, 400)
-    quiet = ((0.02, 10), (0.3, 10), (1.0, 5)) if a.quick else ((0.02, 40), (0.1, 30), (0.3, 20), (1.0, 15), (3.0, 8))
+    idle_s, idle_n, active_n = (5.0, 3, 100) if a.quick else (300.0, 7, 400)
+    quiet = ((0.02, 10), (1.0, 3)) if a.quick else ((0.02, 40), (0.1, 30), (0.3, 20), (1.0, 15), (3.0, 8))
 
     dbs = Databases(pg)
     tally = {"double_claims": 0, "lost_jobs": 0, "jobs": 0}
