@@ -134,8 +134,7 @@ def start(job: Job, settings: config.Settings, device: str | None, now: float) -
     argv = job.payload.get("argv")
     if not argv or not isinstance(argv, list):
         raise RunnerError(f"job {job.id} has no payload['argv'] to run")
-    run_dir = Path(job.run_dir) if job.run_dir else new_run_dir(job, settings, now)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, moved = _run_dir(job, settings, now)
     fill = {"job_id": str(job.id), "run_dir": str(run_dir), "attempt": str(job.attempt), "python": sys.executable}
     argv = [_fill(str(a), fill) for a in argv]
     if job.lane == Lane.GPU:
@@ -143,6 +142,9 @@ def start(job: Job, settings: config.Settings, device: str | None, now: float) -
                 *argv]
     (run_dir / "result.json").unlink(missing_ok=True)  # a result left by an earlier attempt must not count
     with open(run_dir / "log.txt", "ab") as log:
+        if moved:
+            log.write(f"=== job {job.id}: its run directory {job.run_dir} is not writable on {settings.host_name} "
+                      f"(another host's path?); continuing in this one\n".encode())
         log.write(f"=== job {job.id} attempt {job.attempt} started {time.strftime('%Y-%m-%d %H:%M:%S')} "
                   f"on {settings.host_name}{f' gpu {device}' if device is not None else ''}: "
                   f"{' '.join(argv)}\n".encode())
@@ -157,6 +159,23 @@ def start(job: Job, settings: config.Settings, device: str | None, now: float) -
             raise RunnerError(f"job {job.id}: cannot start {argv[0]}: {e}") from e
     return Child(job=job, proc=proc, run_dir=run_dir, device=device, started=now,
                  wall_s=wall_limit(job, settings), start_time=start_time(proc.pid))
+
+
+def _run_dir(job: Job, settings: config.Settings, now: float) -> tuple[Path, bool]:
+    """(the job's run directory, made if missing; whether it moved). A job taken over from another host keeps
+    that host's run directory when this host can write there (a shared path); where it cannot (that host's
+    runs/ does not exist here, or is read-only), the job continues in a new one under this host's runs/."""
+    if job.run_dir:
+        run_dir = Path(job.run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if os.access(run_dir, os.W_OK):
+                return run_dir, False
+        except OSError:
+            pass
+    run_dir = new_run_dir(job, settings, now)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, bool(job.run_dir)
 
 
 def _fill(arg: str, fill: dict[str, str]) -> str:

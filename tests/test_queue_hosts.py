@@ -83,3 +83,33 @@ def test_a_dead_hosts_job_is_taken_over_after_its_lease_expires(pg_url, tmp_path
     takeover = next(e for e in store.events(job.id) if e.from_state == "running" and e.to_state == "queued")
     assert "expired" in takeover.message and takeover.at >= lease_until > died - 3.5
     store.close()
+
+
+def test_a_job_taken_over_from_a_host_whose_runs_dir_is_not_here_continues_in_this_hosts_runs(pg_url, tmp_path):
+    """Hosts do not share disks: the dead host's run directory is not writable here (simulated by a file where
+    its runs/ was). The taking host runs the job in a run directory of its own instead of crashing its loop and
+    letting the job's lease lapse until no attempts are left."""
+    envs = {h: queue_env(pg_url, tmp_path / h, host_name=h, cpu_workers=1, lease_s=3) for h in ("hostA", "hostB")}
+    store = Store(settings_for(envs["hostB"]))
+    pidfile = tmp_path / "child.json"
+    job = store.enqueue(None, "task", "cpu", {"argv": child_argv("--pidfile", str(pidfile), "--block-attempts", "1")})
+    a = start_worker(envs["hostA"], "--lanes", "cpu", log=tmp_path / "a.log")
+    b = None
+    try:
+        wait_until(pidfile.exists, 60, "hostA to start the job")
+        os.kill(a.pid, signal.SIGKILL)
+        os.killpg(json.loads(pidfile.read_text())["pid"], signal.SIGKILL)
+        runs_a = tmp_path / "hostA" / "runs"
+        runs_a.rename(tmp_path / "hostA-runs-elsewhere")
+        runs_a.write_text("not a directory on this host\n")
+        b = start_worker(envs["hostB"], "--lanes", "cpu", log=tmp_path / "b.log")
+        wait_until(lambda: store.get(job.id).state in (State.SUCCEEDED, State.FAILED), 60, "hostB to finish the job")
+        assert b.poll() is None, (tmp_path / "b.log").read_text()
+    finally:
+        _stop([p for p in (a, b) if p is not None])
+    j = store.get(job.id)
+    assert j.state == State.SUCCEEDED and j.owner_host == "hostB" and j.attempt == 2, store.events(job.id)
+    assert j.run_dir.startswith(str(tmp_path / "hostB" / "runs")), j.run_dir
+    assert "not writable on hostB" in (tmp_path / "hostB" / "runs" / os.path.basename(j.run_dir) / "log.txt"
+                                       ).read_text()
+    store.close()
