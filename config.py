@@ -598,11 +598,28 @@ def range_text(key: str) -> str:
     return f"{'(' if m['open_lo'] else '['}{lo}, {hi}]"
 
 
+URL_SECRET_PARAMS = ("password", "sslpassword")  # libpq URI parameters that carry a secret
+
+
+def hide_url_password(url: str) -> str:
+    """url with its password masked as *** : the one in user:password@ and any ?password= (libpq reads both)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = userinfo.split(":", 1)[0] + ":***@" + host
+    query = "&".join(f"{k}=***" if k.lower() in URL_SECRET_PARAMS else f"{k}={v}" if sep else k
+                     for k, sep, v in (kv.partition("=") for kv in parts.query.split("&"))) if parts.query else ""
+    # by string replacement: urlunsplit would turn sqlite:////abs/path into sqlite://abs/path
+    return url.replace("//" + parts.netloc, "//" + netloc, 1).replace("?" + parts.query, "?" + query, 1)
+
+
 def describe(settings: Settings) -> list[dict[str, str]]:
     """Rows {section, field, value, range, source} for `refinery config` (the value as it is: the table shows its
-    repr, --json the value); secrets are never fields, only whether the token is set."""
-    rows = [{"section": FIELD_SECTION[k], "field": k, "value": v, "range": range_text(k),
-             "source": settings.source_of(k)} for k, v in settings.flat().items()]
+    repr, --json the value); secrets are never fields, only whether the token is set; db_url's password is masked."""
+    rows = [{"section": FIELD_SECTION[k], "field": k, "value": hide_url_password(v) if k == "db_url" else v,
+             "range": range_text(k), "source": settings.source_of(k)} for k, v in settings.flat().items()]
     return rows + [
         {"section": "derived", "field": "dims", "value": settings.dims, "range": "",
          "source": "preset " + settings.model.preset},

@@ -171,7 +171,7 @@ def upgrade(engine: Engine) -> int:
         v = current_version(conn)
         if v is not None and v > SCHEMA_VERSION:
             raise SchemaTooNew(f"queue database schema v{v} is newer than this release's v{SCHEMA_VERSION} "
-                               f"({engine.url.render_as_string(hide_password=True)})")
+                               f"({config.hide_url_password(engine.url.render_as_string(hide_password=False))})")
         if v is not None:
             for step in range(v, SCHEMA_VERSION):
                 STEPS[step](conn)

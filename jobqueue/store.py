@@ -59,7 +59,7 @@ class Store:
             init_db(self.engine)
         except (OSError, sqlalchemy.exc.OperationalError) as e:
             why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-            shown = sqlalchemy.make_url(self.url).render_as_string(hide_password=True)
+            shown = config.hide_url_password(self.url)
             raise QueueUnavailable(f"cannot open the queue database {shown}: {why} (REFINERY_DB_URL)") from None
         self._local = threading.local()
         self._all: list = []

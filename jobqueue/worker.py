@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"worker {worker.owner.label} ready: lanes {a.lanes}, gpu devices {worker.devices}, "
-          f"cpu slots {worker.cpu_slots}, db {store.engine.url.render_as_string(hide_password=True)}", flush=True)
+          f"cpu slots {worker.cpu_slots}, db {config.hide_url_password(store.url)}", flush=True)
     try:
         worker.run(once=a.once)
     finally:

@@ -112,6 +112,22 @@ def test_cli_config_shows_each_fields_range():
     assert max(map(len, narrow.splitlines())) <= 80
 
 
+@pytest.mark.parametrize("url", ["postgresql://postgres:s3cret@127.0.0.1:1/x",
+                                 "postgresql://127.0.0.1:1/x?user=postgres&password=s3cret"])
+def test_a_password_in_the_db_url_is_never_printed(url):
+    """`refinery config` (table and --json) and the unreachable-database error show REFINERY_DB_URL without its
+    password, whether it sits in user:password@ or in a ?password= parameter (libpq reads both)."""
+    env = {"REFINERY_DB_URL": url, "COLUMNS": "250"}
+    table, js = refinery("config", env=env), refinery("config", "--json", env=env)
+    assert table.returncode == 0 and js.returncode == 0, table.stderr + js.stderr
+    assert "127.0.0.1:1/x" in table.stdout and "***" in table.stdout
+    assert "s3cret" not in table.stdout + table.stderr + js.stdout + js.stderr
+    status = refinery("status", env=env)
+    err = status.stderr.strip().splitlines()
+    assert status.returncode == 2 and len(err) == 1 and "REFINERY_DB_URL" in err[0] and "***" in err[0], err
+    assert "s3cret" not in status.stdout + status.stderr
+
+
 def test_tokenizer_hello_world():
     from refiner_model import tokenizer
 
