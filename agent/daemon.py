@@ -30,7 +30,7 @@ from agent.outbox import Delivery, Outbox, Sender
 from agent.tracker import Tracker, TrackerError, TrackerUnavailable, make_tracker
 from jobqueue.models import Job, Lane, State
 from jobqueue.outbox import IntakeMemory, KeyValue, OutboxStore
-from jobqueue.store import Store
+from jobqueue.store import Store, unreachable
 
 log = logging.getLogger("refinery.daemon")
 
@@ -323,6 +323,7 @@ class Daemon:
         log.info("daemon: %s tracker, polling every %g s", self.tracker.name, self.settings.daemon.poll_interval)
         watchdog = self._watchdog = sdnotify.Watchdog.from_settings(self.settings)
         sdnotify.ready(f"polling {self.tracker.name} every {self.settings.daemon.poll_interval:g} s")
+        db_down = False
         try:
             while not self.stop_event.is_set():
                 watchdog.ping(time.time())
@@ -332,8 +333,16 @@ class Daemon:
                         self.reload()
                     self.work(time.time())
                     self.deliver(deadline=time.time() + 2 * self.settings.daemon.write_interval_s + 1, max_items=5)
-                except Exception:  # noqa: BLE001 - keep serving; the error is logged with its traceback
-                    log.exception("daemon loop")
+                    if db_down:
+                        log.info("queue database reachable again")
+                        db_down = False
+                except Exception as e:  # noqa: BLE001 - keep serving; the error is logged with its traceback
+                    if not unreachable(e):
+                        log.exception("daemon loop")
+                    elif not db_down:  # one line per outage, not a traceback a second
+                        why = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
+                        log.warning("queue database unreachable (%s); retrying", why)
+                        db_down = True
                     time.sleep(1.0)
                 self.kick.wait(0.5)
                 self.kick.clear()

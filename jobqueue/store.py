@@ -41,6 +41,17 @@ def _wall_now(now: float | None) -> float:
     return time.time() if now is None else now
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether exc means the queue database cannot be reached right now (server down or restarting, the connection
+    terminated): a condition to wait out, not a bug."""
+    import psycopg
+
+    if isinstance(exc, (QueueUnavailable, ConnectionError, psycopg.OperationalError)):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError))
+
+
 class Store:
     """The queue's one door. `Store(url)`, `Store(settings)` or `Store()` (settings.db_url)."""
 

@@ -113,3 +113,58 @@ def test_a_job_taken_over_from_a_host_whose_runs_dir_is_not_here_continues_in_th
     assert "not writable on hostB" in (tmp_path / "hostB" / "runs" / os.path.basename(j.run_dir) / "log.txt"
                                        ).read_text()
     store.close()
+
+
+def test_a_database_outage_costs_the_daemon_one_log_line_and_no_job(pg_url, tmp_path):
+    """The queue database unreachable under a running daemon for a few seconds (its connections terminated and
+    new ones refused; a role of its own, so nothing else on the server notices): the daemon says so in one line,
+    says when the database is back, and runs every job exactly once."""
+    import subprocess
+    import sys
+    import uuid
+
+    import psycopg
+
+    import config
+    from tests.conftest import PG_ADMIN
+    from tests.queue_support import proc_env
+
+    role = "refinery_outage_" + uuid.uuid4().hex[:8]
+    schema = pg_url.rsplit("%3D", 1)[1]
+    admin = psycopg.connect(PG_ADMIN, autocommit=True)
+    admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    admin.execute(f'ALTER SCHEMA "{schema}" OWNER TO "{role}"')
+    url = pg_url.replace("postgres@", f"{role}@", 1)
+    env = {**queue_env(url, tmp_path, host_name="hostA", cpu_workers=1), "REFINERY_TRACKER": "local",
+           "REFINERY_DOCS_DIR": str(tmp_path / "docs"), "REFINERY_POLL_INTERVAL": "3600"}
+    rec = tmp_path / "rec.jsonl"
+    log, d, store = tmp_path / "daemon.log", None, None
+    try:
+        with Store(settings_for(env)):  # the role creates the tables, so they are its own
+            pass
+        store = Store(settings_for({**env, "REFINERY_DB_URL": pg_url}))  # as postgres: it stays connected
+        jobs = [store.enqueue(None, "task", "cpu", {"argv": child_argv("--sleep", "2", "--record", str(rec))})
+                for _ in range(3)]
+        with open(log, "ab") as out:
+            d = subprocess.Popen([sys.executable, "-m", "agent", "daemon"], cwd=config.ROOT, env=proc_env(env),
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: any(r["event"] == "start" for r in read_records(rec)), 60, "the first job to start")
+        admin.execute(f'ALTER ROLE "{role}" NOLOGIN')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+        time.sleep(4)
+        admin.execute(f'ALTER ROLE "{role}" LOGIN')
+        wait_until(lambda: all(store.get(j.id).state == State.SUCCEEDED for j in jobs), 60, "every job")
+        wait_until(lambda: "reachable again" in log.read_text(), 30, "the daemon to see the database back")
+    finally:
+        _stop([d] if d else [])
+        if store is not None:
+            store.close()
+        admin.execute(f'ALTER SCHEMA "{schema}" OWNER TO postgres')
+        admin.execute(f'REASSIGN OWNED BY "{role}" TO postgres')
+        admin.execute(f'DROP OWNED BY "{role}"')
+        admin.execute(f'DROP ROLE "{role}"')
+        admin.close()
+    text = log.read_text()
+    assert "Traceback" not in text and text.count("queue database unreachable") == 1, text
+    starts = [r["job"] for r in read_records(rec) if r["event"] == "start"]
+    assert sorted(starts) == sorted(j.id for j in jobs), starts  # each job ran once
