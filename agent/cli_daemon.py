@@ -141,7 +141,9 @@ def _status(args) -> int:
             if p.get("what"):
                 prog += f" · {p['what']}"
         issue = "" if r["issue"] is None else f" #{r['issue']}"
-        con.print(f"running: job {r['id']}{issue} {r.get('stage', r['kind'])} ({r['lane']}), started "
+        where = f" on {r['host']}" + (f" gpu {r['device']}" if r.get("device") is not None else "") \
+            if r.get("host") else ""
+        con.print(f"running: job {r['id']}{issue} {r.get('stage', r['kind'])} ({r['lane']}{where}), started "
                   f"{_ago(r['started_at'])}{prog}  {r['run_dir'] or ''}")
     if st["queue"]:
         q = Table(title="queue")

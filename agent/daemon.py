@@ -472,7 +472,7 @@ def status(settings: config.Settings, store: Store | None = None) -> dict:
     for j in store.list(state="running", limit=20):
         running.append({"id": j.id, "issue": j.issue, "kind": j.kind, "stage": j.payload.get("stage", j.kind),
                         "lane": str(j.lane), "attempt": j.tries, "started_at": j.started_at, "run_dir": j.run_dir,
-                        "progress": _progress_of(j.run_dir, now)})
+                        "host": j.owner_host, "device": j.device, "progress": _progress_of(j.run_dir, now)})
     queued = [{"id": j.id, "issue": j.issue, "kind": j.kind, "stage": j.payload.get("stage", j.kind),
                "lane": str(j.lane), "state": str(j.state), "note": j.note}
               for s in ("queued", "blocked", "retrying") for j in store.list(state=s, limit=50)]

@@ -42,7 +42,7 @@ def test_status_shows_progress_eta_queue_outbox_rate_and_disk(tmp_path, sqlite_u
     KeyValue(store.engine).put("github.rate", {"remaining": 4321, "limit": 5000, "reset": time.time() + 600})
     st = status(s, store)
     (r,) = st["running"]
-    assert r["stage"] == "replication" and r["progress"]["pct"] == 25.0
+    assert r["stage"] == "replication" and r["progress"]["pct"] == 25.0 and r["host"] == store.host
     assert r["progress"]["step_s"] == 0.2 and r["progress"]["eta_s"] == 150.0  # its own measured step time
     assert [(q["stage"], q["state"]) for q in st["queue"]] == [("full", "blocked")]
     assert st["recent"][0]["verdict"] == "FAIL" and st["recent"][0]["stage"] == "smoke"
@@ -60,5 +60,6 @@ def test_status_shows_progress_eta_queue_outbox_rate_and_disk(tmp_path, sqlite_u
                           cwd=config.ROOT, timeout=60)
     assert text.returncode == 0, text.stderr
     flat = " ".join(text.stdout.split())
-    assert "replication (cpu)" in flat and "step 250/1000 (25%), 0.2 s/step, ETA 2 min" in flat, text.stdout
+    assert f"replication (cpu on {store.host})" in flat and "step 250/1000 (25%), 0.2 s/step, ETA 2 min" in flat, \
+        text.stdout
     assert "rate limit 4321/5000" in flat and "GB free" in flat and "1 pending" in flat
