@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,19 @@ def _done(ctx: Ctx, name: str = "done.jsonl") -> dict[str, dict]:
     p = ctx.run.path / name
     out = {}
     if p.is_file():
-        for line in p.read_text().splitlines():
+        data = p.read_bytes()
+        if data and not data.endswith(b"\n"):  # a record cut short (a kill or a full disk mid-write): drop it,
+            data = data[:data.rfind(b"\n") + 1]  # so its run trains again and the next record starts a line
+            os.truncate(p, len(data))
+            ctx.run.log(f"{name}: dropped a torn last line (an interrupted write); that run trains again")
+        for i, line in enumerate(data.decode(errors="replace").splitlines(), 1):
             if line.strip():
-                rec = json.loads(line)
-                out[rec["key"]] = rec
+                try:
+                    rec = json.loads(line)
+                    out[rec["key"]] = rec
+                except (ValueError, TypeError, KeyError) as e:
+                    raise ValueError(f"{p} line {i} is not a record ({e}); delete that line to train its run "
+                                     "again") from e
     return out
 
 

@@ -271,3 +271,26 @@ def test_load_spec_reads_the_intake_json_and_toml(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"spec": {"n_refine": 2}}))
     res, _ = load_spec(tmp_path / "bad.json")
     assert not res.ok and res.errors[0].suggestion == 'did you mean "r_max"?'
+
+
+def test_a_torn_last_line_of_done_jsonl_is_dropped_and_its_run_trains_again(tmp_path):
+    """A kill or a full disk mid-append leaves done.jsonl's last record cut short: the rerun (the queue's retry)
+    drops that line and trains its run again, instead of an ERROR on every retry; a garbled line in the middle
+    is an ERROR naming the file and the line."""
+    s = settings(**POOLED, ablation_steps=5, stage_jobs=1)
+    run = tmp_path / "run"
+    code, first = execute("ablation", s, {}, run)
+    assert code == 0 and first["verdict"] in ("PASS", "FAIL"), first
+    done = run / "done.jsonl"
+    lines = done.read_text().splitlines(keepends=True)
+    assert len(lines) == 8
+    done.write_text("".join(lines[:-1]) + lines[-1][:40])
+    code, res = execute("ablation", s, {}, run)
+    assert code == 0 and res["verdict"] == first["verdict"], res
+    assert res["evidence"]["tasks"]["khop"] == first["evidence"]["tasks"]["khop"]
+    assert [json.loads(x)["key"] for x in done.read_text().splitlines()] == [json.loads(x)["key"] for x in lines]
+    log = (run / "log.txt").read_text()
+    assert "dropped a torn last line" in log and "train 1 run" not in log
+    done.write_text("".join(lines[:2]) + "garbage\n" + "".join(lines[2:]))
+    code, res = execute("ablation", s, {}, run)
+    assert res["verdict"] == "ERROR" and "done.jsonl line 3 is not a record" in res["reason"], res
