@@ -84,15 +84,13 @@ class NotLocal(config.RefineryError):
 
 
 def _db():
-    from jobqueue.db import init_db, make_engine
     from jobqueue.local_tracker import LocalIssues
+    from jobqueue.store import Store
 
     settings = config.load()
     if settings.daemon.tracker != "local":
         raise NotLocal("REFINERY_TRACKER=github: `refinery issue` only manages the local tracker's issues")
-    engine = make_engine(settings=settings)
-    init_db(engine)
-    return LocalIssues(engine)
+    return LocalIssues(Store(settings).engine)  # Store: a database it cannot open is one clear line
 
 
 def _me(db, as_login: str | None) -> str:

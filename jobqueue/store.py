@@ -52,6 +52,21 @@ def unreachable(exc: BaseException) -> bool:
         exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError))
 
 
+def _free_note(url: str) -> str:
+    """For a SQLite file: the free space where it lives (a full disk reads as "disk I/O error" on opening)."""
+    import shutil
+    from pathlib import Path
+
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        return ""
+    where = Path(url.split("sqlite:///", 1)[1].split("?", 1)[0]).parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return ""
+    return f"; {free / 1e6:.1f} MB free on {where}" + (" (the disk is full: free space there)" if free == 0 else "")
+
+
 class Store:
     """The queue's one door. `Store(url)`, `Store(settings)` or `Store()` (settings.db_url)."""
 
@@ -71,7 +86,8 @@ class Store:
         except (OSError, sqlalchemy.exc.OperationalError) as e:
             why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
             shown = config.hide_url_password(self.url)
-            raise QueueUnavailable(f"cannot open the queue database {shown}: {why} (REFINERY_DB_URL)") from None
+            raise QueueUnavailable(f"cannot open the queue database {shown}: {why}{_free_note(self.url)} "
+                                   "(REFINERY_DB_URL)") from None
         self._local = threading.local()
         self._all: list = []
         self._lock = threading.Lock()
