@@ -31,5 +31,6 @@ class QueueBusy(config.RefineryError):
 
 
 class QueueUnavailable(config.RefineryError):
-    """The queue database cannot be opened (server down, wrong host or credentials, a path not writable).
+    """The queue database cannot be opened (server down, wrong host or credentials, a path not writable, a full
+    disk, a corrupt SQLite file).
     Fix: check REFINERY_DB_URL and that the server runs (or the directory is writable)."""

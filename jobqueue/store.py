@@ -83,7 +83,7 @@ class Store:
         try:
             self.engine = make_engine(self.url, settings)
             init_db(self.engine)
-        except (OSError, sqlalchemy.exc.OperationalError) as e:
+        except (OSError, sqlalchemy.exc.DatabaseError) as e:  # DatabaseError: a corrupt file too (malformed)
             why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
             shown = config.hide_url_password(self.url)
             raise QueueUnavailable(f"cannot open the queue database {shown}: {why}{_free_note(self.url)} "

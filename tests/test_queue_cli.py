@@ -211,3 +211,26 @@ def test_unreachable_queue_database_is_one_line_without_the_password(tmp_path, m
     monkeypatch.setenv("REFINERY_DB_URL", f"sqlite:///{blocker}/queue.db")  # its directory is a file
     rc, _, err = run(capsys, "queue", "ls")
     assert rc == 2 and "cannot open the queue database" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_corrupt_sqlite_queue_database_is_one_line_not_a_traceback(tmp_path):
+    """A queue.db overwritten past its header, or not a database at all (a bad disk, an interrupted copy): the
+    daemon and `refinery status` stop with one QueueUnavailable line naming the file and SQLite's reason (exit 2:
+    systemd's start limit then holds it down), not a traceback."""
+    good = tmp_path / "good" / "queue.db"
+    store = Store(f"sqlite:///{good}", settings=settings_for(queue_env(f"sqlite:///{good}", tmp_path)))
+    store.enqueue(None, "task", "cpu", {"argv": ["true"]})
+    store.engine.dispose()  # the last connection closes: the WAL is checkpointed into queue.db
+    cut, garbage = tmp_path / "cut" / "queue.db", tmp_path / "garbage" / "queue.db"
+    cut.parent.mkdir()
+    garbage.parent.mkdir()
+    cut.write_bytes(good.read_bytes()[:100] + b"\x5a" * (good.stat().st_size - 100))  # the header, then garbage
+    garbage.write_bytes(b"\x5a" * 9000)
+    for db, why in ((cut, "malformed"), (garbage, "not a database")):
+        for argv in (["daemon", "--once"], ["status"]):
+            env = proc_env(queue_env(f"sqlite:///{db}", tmp_path, tracker="local"))
+            p = subprocess.run([sys.executable, "-m", "agent", *argv], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=60)
+            assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+            assert len(p.stderr.strip().splitlines()) == 1 and f"cannot open the queue database sqlite:///{db}" \
+                in p.stderr and why in p.stderr
