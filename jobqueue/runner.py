@@ -227,4 +227,7 @@ def outcome(child: Child) -> Outcome:
     if rc == 0:
         why = "exited 0 without result.json" if result is None else "result.json is not a JSON object"
         return Outcome("failed", error=f"{why}\n--- log tail ---\n{log_tail(child.run_dir)}")
+    if not child.run_dir.is_dir():  # its log went with it: say so rather than show an empty tail
+        return Outcome("failed", error=f"{how}; its run directory {child.run_dir} was removed while it ran "
+                                       "(a retry starts it again from nothing)")
     return Outcome("failed", error=f"{how}\n--- log tail ---\n{log_tail(child.run_dir)}")

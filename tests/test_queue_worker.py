@@ -104,6 +104,27 @@ def test_kill_9_of_a_child_mid_job_requeues_and_later_succeeds(store, tmp_path):
                                   for e in store.events(job.id))
 
 
+
+def test_a_run_directory_removed_while_its_job_runs_is_named_and_the_retry_starts_afresh(store, tmp_path):
+    """rm -rf of a running job's run directory takes its log with it: the failure says the directory went
+    (not an empty log tail), and the retry makes it again and succeeds."""
+    import shutil
+
+    pidfile = tmp_path / "child.json"
+    job = store.enqueue(None, "task", "cpu", {"argv": child_argv("--pidfile", str(pidfile), "--block-attempts", "1")},
+                        max_attempts=1)
+    w = Worker(store)
+    wait_until(pidfile.exists, 30, "the child to start", stepping(w))
+    run_dir = Path(store.get(job.id).run_dir)
+    shutil.rmtree(run_dir)
+    os.kill(json.loads(pidfile.read_text())["pid"], signal.SIGKILL)
+    wait_until(lambda: store.get(job.id).state == State.FAILED, 30, "the failure", stepping(w))
+    err = store.get(job.id).error
+    assert f"its run directory {run_dir} was removed while it ran" in err and "--- log tail ---" not in err, err
+    store.retry(job.id)
+    wait_until(lambda: store.get(job.id).state == State.SUCCEEDED, 30, "success on the retry", stepping(w))
+    assert (run_dir / "log.txt").is_file()
+
 def test_kill_9_of_the_worker_process(store, env, tmp_path):
     """The worker dies with its child still running: the next worker on this host sees the owner is gone,
     kills the orphan's process group, requeues the job at once and runs it to success."""
