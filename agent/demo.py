@@ -91,8 +91,9 @@ def run(console=None) -> int:
                       str((j.result or {}).get("verdict", "")))
         return t
 
-    with Live(table(), console=console, refresh_per_second=2) as live:
-        while True:
+    # Ctrl-C (SIGINT) or SIGTERM: a warm stop as the daemon's (a second one: cold), never a stage left running
+    with daemon._stop_signals(), Live(table(), console=console, refresh_per_second=2) as live:
+        while not daemon.stop_event.is_set():
             daemon.tick()  # poll, intake, run the lanes, chain stages (the daemon's pipeline), deliver
             daemon.deliver(max_items=50)
             live.update(table())
@@ -105,6 +106,12 @@ def run(console=None) -> int:
                     daemon.kv.get(f"advanced:{j.id}") for j in jobs if j.state in ("succeeded", "failed")):
                 break
             time.sleep(0.2)
+        if daemon.stop_event.is_set():
+            daemon.drain_stop()  # the running stage checkpoints and exits 75; its job goes back to the queue
+    if daemon.stop_event.is_set():
+        console.print(f"demo: stopped; idea #{number}'s work stays queued in {settings.db_url} and resumes at the "
+                      "next `refinery demo`")
+        return 130
     daemon.deliver(max_items=100)
     _summary(console, daemon, issues, number, seen, time.time() - t0, settings)
     return 0

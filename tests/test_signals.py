@@ -301,3 +301,38 @@ def test_env_file_wins_over_the_environment_and_names_its_source(tmp_path):
     f.write_text("REFINERY_POL_INTERVAL=5\n")
     with pytest.raises(config.ConfigError, match='did you mean "poll_interval"'):
         config.load({"REFINERY_ENV_FILE": str(f)})
+
+
+def test_ctrl_c_of_the_demo_stops_its_stage_and_leaves_the_job_queued(tmp_path):
+    """`refinery demo` (make demo) interrupted by Ctrl-C: SIGINT to its terminal's process group, which its
+    stage child (a session of its own) does not see. The demo stops warm as the daemon does: the child exits
+    and its job waits in the demo's queue for the next demo, instead of training on, orphaned, after exit."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "manifest.json").write_text("{}")  # the demo then skips building one (smoke needs none)
+    runs = tmp_path / "runs"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REFINERY_") and k != "MODEL_ARCH"},
+           "REFINERY_RUNS_DIR": str(runs), "REFINERY_CORPUS_DIR": str(tmp_path / "corpus"),
+           "REFINERY_CPU_WORKERS": "1", "REFINERY_GPU_DEVICES": "", "PYTHONPATH": str(config.ROOT)}
+    out = tmp_path / "demo.out"
+    with open(out, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "agent", "demo"], env=env, cwd=config.ROOT, stdout=f,
+                             stderr=subprocess.STDOUT, start_new_session=True)  # its own group, as a terminal's
+    store = None
+    try:
+        db = runs / "demo" / "queue.db"
+        wait_for(db.exists, timeout=60, what="the demo's queue")
+        store = Store(settings_for(f"sqlite:///{db}", tmp_path))
+        j = wait_for(lambda: next((j for j in store.list(state="running") if j.run_dir and j.child_pid
+                                   and (Path(j.run_dir) / "progress.json").exists()), None),
+                     timeout=120, what="the smoke stage to train")
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.wait(60) == 130, out.read_text()
+        assert not group_members(j.child_pid), "the stage outlived the demo"
+        assert store.get(j.id).state == "queued" and store.get(j.id).tries == 0, store.get(j.id)
+        assert "demo: stopped" in out.read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        kill_leftovers(runs)
+        if store is not None:
+            store.close()
