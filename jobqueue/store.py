@@ -501,11 +501,13 @@ class Store:
                            {"now": now, "h": self.host})
             for row in rows:
                 job = Job.from_row(row)
-                if job.lease_until is not None and job.lease_until < now:
-                    why = f"lease of {job.owner_host}:{job.owner_pid or 'agent'} expired"
-                elif job.owner_pid and job.owner_host == self.host and \
+                # a dead owner on this host first: a restart after the lease ran out (or a reboot) is still a
+                # crash of the worker, not a fault of the job
+                if job.owner_pid and job.owner_host == self.host and \
                         not same_process(job.owner_pid, job.owner_start, job.owner_boot):
                     why = f"owner {job.owner_host}:{job.owner_pid} is gone"
+                elif job.lease_until is not None and job.lease_until < now:
+                    why = f"lease of {job.owner_host}:{job.owner_pid or 'agent'} expired"
                 else:
                     continue
                 params = {"now": now, "id": job.id, "a": job.attempt}

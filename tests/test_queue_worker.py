@@ -149,6 +149,33 @@ def test_kill_9_of_the_worker_process(store, env, tmp_path):
     assert store.get(job.id).attempt == 2
 
 
+
+def test_a_dead_worker_restarted_after_its_lease_expired_does_not_cost_the_job_an_attempt(db_url, tmp_path):
+    """kill -9 of the worker, and the next start comes after the lease ran out (a restart later than lease_s, a
+    reboot): the owner is provably gone on this host, so the job resumes without spending an attempt, as when
+    the restart is quick; three such crashes must not fail it for good."""
+    env = queue_env(db_url, tmp_path, lease_s="1", heartbeat_s="0.2")
+    store = Store(settings_for(env))
+    pidfile = tmp_path / "child.json"
+    job = store.enqueue(None, "task", "cpu", {"argv": child_argv("--pidfile", str(pidfile), "--block-attempts", "1")})
+    proc = start_worker(env, "--lanes", "cpu", log=tmp_path / "worker.log")
+    try:
+        wait_until(pidfile.exists, 60, "the child to start")
+        orphan = json.loads(pidfile.read_text())["pid"]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_until(lambda: store.get(job.id).lease_until < time.time() - 0.5, 30, "the lease to run out")
+    w = Worker(store)
+    wait_until(lambda: store.get(job.id).state == State.SUCCEEDED, 30, "success", stepping(w))
+    assert not pid_alive(orphan)
+    notes = [e.message for e in store.events(job.id)]
+    assert any("is gone" in m and "attempt not counted" in m for m in notes), notes
+    assert store.get(job.id).tries == 1, notes  # the one attempt that ran to the end
+    store.close()
+
 def test_cancel_kills_the_whole_process_group(store, tmp_path):
     pidfile = tmp_path / "child.json"
     job = store.enqueue(None, "task", "cpu", {"argv": child_argv("--pidfile", str(pidfile), "--block-attempts", "9",
