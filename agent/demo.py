@@ -68,6 +68,9 @@ def run(console=None) -> int:
     settings = demo_settings()
     console.print("[bold]refinery demo[/bold]: local tracker, SQLite, CPU, tiny preset")
     console.print(f"  queue {settings.db_url}\n  documents {settings.daemon.docs_dir}")
+    from agent.archive import require_stage_disk
+
+    require_stage_disk(settings, runs_dir(settings))  # too little room: say so now, not wait on a queued stage
     ensure_corpus(console, settings)
     daemon = Daemon(settings)
     issues = LocalIssues(daemon.store.engine)

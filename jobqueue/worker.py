@@ -10,7 +10,9 @@
     4. heartbeat every heartbeat_s; a heartbeat refused (the lease was taken over) kills the
        child and writes nothing: the job belongs to someone else now
     5. start: gpu lane, one job per device of this host (a free GPU file lock, then a claim the
-       database refuses if the device already runs one); cpu lane, up to cpu_workers jobs
+       database refuses if the device already runs one); cpu lane, up to cpu_workers jobs. Nothing is
+       claimed while runs/ has less than min_free_disk_gb free: a full disk delays jobs, it never
+       spends their attempts (a stage would refuse to start, an ERROR each try, until none were left)
 
 `run()` loops step() and sleeps in store.wait_for_work() (LISTEN/NOTIFY, or SQLite's
 data_version) so an idle worker starts new work within milliseconds. Signals only set flags:
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sys
 import time
@@ -51,6 +54,7 @@ class Worker:
         self.children: dict[int, runner.Child] = {}
         self.stopping: str | None = None  # None | "warm" | "cold"
         self._next_maint = self._next_beat = self._next_cancel = 0.0
+        self._disk_low = False
 
     # ------------------------------------------------------------------ control
     def warm_stop(self) -> None:
@@ -111,7 +115,7 @@ class Worker:
     def _record(self, child: runner.Child, now: float) -> None:
         job, out = child.job, runner.outcome(child)
         try:
-            if out.action == "succeeded" and job.lane == Lane.CPU and self.stopping is None:
+            if out.action == "succeeded" and job.lane == Lane.CPU and self.stopping is None and self._room():
                 # a busy cpu lane: record this one and claim the next in one transaction (one commit per job)
                 nxt = self.store.finish_and_claim(job.id, job.attempt, out.result, Lane.CPU, self.owner, now=now)
                 if nxt is not None:
@@ -154,8 +158,30 @@ class Worker:
                 log.warning("job %s: lease taken over; killing its child", job_id)
                 child.kill("lost")
 
+    def _room(self) -> bool:
+        """Whether runs/ has min_free_disk_gb free, so a new job may start; said once per low spell."""
+        need = self.settings.hardware.min_free_disk_gb
+        where = gpulock.runs_root(self.settings)
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            free = shutil.disk_usage(where).free / 1e9
+        except OSError:  # cannot tell: the stage checks again before it starts
+            return True
+        low = free < need
+        if low and not self._disk_low:
+            log.warning("%.2f GB free on %s, below min_free_disk_gb = %g: no job starts until there is room "
+                        "(free space there, or lower REFINERY_MIN_FREE_DISK_GB); queued jobs wait, nothing is lost",
+                        free, where, need)
+        elif self._disk_low and not low:
+            log.info("%.2f GB free on %s again: jobs start", free, where)
+        self._disk_low = low
+        return not low
+
     def _start(self, now: float) -> bool:
         started = False
+        if (self.devices or self.cpu_slots) and not self._room():
+            return False
         gpu_busy = {c.device for c in self.children.values() if c.job.lane == Lane.GPU}
         for device in self.devices:
             if device not in gpu_busy and gpulock.is_free(self.settings, device):

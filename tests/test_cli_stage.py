@@ -87,3 +87,12 @@ def test_corpus_build_says_what_it_left_out_and_refuses_nonsense(tmp_path):
                   env=ENV, timeout=60)
     assert p.returncode == 2 and "every file is over the --max-bytes cap of 10 bytes" in p.stderr, p.stderr
     assert not (tmp_path / "no").exists()  # a refused build leaves no empty directory behind
+
+
+def test_demo_with_too_little_disk_says_so_at_once(tmp_path):
+    """Jobs wait while the disk is full (the worker claims nothing); the demo would wait for ever, so it checks
+    first and stops with the numbers."""
+    p = _refinery("demo", env={**ENV, "REFINERY_RUNS_DIR": str(tmp_path / "runs"),
+                               "REFINERY_MIN_FREE_DISK_GB": "1000000"}, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "needed for a stage (min_free_disk_gb)" in p.stderr and not (tmp_path / "runs" / "corpus").exists()

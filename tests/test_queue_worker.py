@@ -58,6 +58,24 @@ def test_runs_a_job_to_success_with_a_clean_environment(store, tmp_path, monkeyp
     assert start["device"] == ""  # a cpu job never sees the card
 
 
+def test_a_full_disk_delays_jobs_and_spends_no_attempt(store, caplog):
+    """Below min_free_disk_gb nothing is claimed (a stage would refuse to start and burn its attempts): the jobs
+    wait, queued, and the worker says why once; with room again they run, on their first attempt."""
+    cpu = store.enqueue(3, "smoke", "cpu", {"argv": child_argv()})
+    gpu = store.enqueue(4, "smoke", "gpu", {"argv": child_argv()})
+    full = Worker(store, store.settings.replace({"min_free_disk_gb": 1e6}))  # a million GB: never free
+    with caplog.at_level("WARNING", logger="jobqueue.worker"):
+        for _ in range(5):
+            assert not full.step()
+    assert store.get(cpu.id).state == store.get(gpu.id).state == State.QUEUED and store.get(cpu.id).attempt == 0
+    said = [r.getMessage() for r in caplog.records if "min_free_disk_gb" in r.getMessage()]
+    assert len(said) == 1 and "no job starts until there is room" in said[0] and "nothing is lost" in said[0]
+    w = Worker(store)
+    wait_until(lambda: store.get(cpu.id).state == store.get(gpu.id).state == State.SUCCEEDED, 30, "both jobs",
+               stepping(w))
+    assert store.get(cpu.id).tries == store.get(gpu.id).tries == 1
+
+
 def test_exit_0_without_a_result_file_succeeds_for_a_command_and_fails_for_a_stage(store):
     """An ad hoc command's exit code is its result; a stage's protocol is result.json, so a stage that
     exits 0 without one is broken, and fails with its log tail."""
