@@ -77,6 +77,12 @@ def run(console=None) -> int:
     me = getpass.getuser()
     if issues.permission(me) == "none":
         issues.grant(me, "admin")
+    # an interrupted demo left work queued: it runs first (one cpu lane), so show it rather than stall silently
+    earlier = sorted({j.issue for st in LIVE_STATES for j in daemon.store.list(state=st, limit=50)
+                      if j.issue is not None})
+    if earlier:
+        console.print(f"an earlier demo's idea {', '.join(f'#{n}' for n in earlier)} is unfinished: its stages "
+                      "resume first")
     number = issues.create(DEMO_TITLE, demo_body(), ["ideas", "cpu"], me)
     console.print(f"filed idea #{number} in the local tracker: {DEMO_TITLE}")
     t0 = time.time()
@@ -84,13 +90,13 @@ def run(console=None) -> int:
 
     def table() -> Table:
         t = Table(title=f"idea #{number} · {time.time() - t0:.0f} s")
-        for col in ("job", "stage", "state", "progress", "verdict"):
+        for col in ("job", "idea", "stage", "state", "progress", "verdict"):
             t.add_column(col)
-        for j in sorted(daemon.store.jobs_for_issue(number), key=lambda j: j.id):
+        for j in sorted((j for n in (*earlier, number) for j in daemon.store.jobs_for_issue(n)), key=lambda j: j.id):
             prog = ""
             if j.state == "running" and j.run_dir:
                 prog = _progress(Path(j.run_dir))
-            t.add_row(str(j.id), j.payload.get("stage", j.kind), str(j.state), prog,
+            t.add_row(str(j.id), f"#{j.issue}", j.payload.get("stage", j.kind), str(j.state), prog,
                       str((j.result or {}).get("verdict", "")))
         return t
 

@@ -330,6 +330,14 @@ def test_ctrl_c_of_the_demo_stops_its_stage_and_leaves_the_job_queued(tmp_path):
         assert not group_members(j.child_pid), "the stage outlived the demo"
         assert store.get(j.id).state == "queued" and store.get(j.id).tries == 0, store.get(j.id)
         assert "demo: stopped" in out.read_text()
+        # the next demo says the earlier idea's work resumes first, and lists it, before the new idea
+        with open(out, "w") as f:
+            p = subprocess.Popen([sys.executable, "-m", "agent", "demo"], env=env, cwd=config.ROOT, stdout=f,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: "filed idea #2" in out.read_text(), timeout=60, what="the second demo to start")
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.wait(60) == 130, out.read_text()
+        assert "an earlier demo's idea #1 is unfinished: its stages resume first" in out.read_text()
     finally:
         if p.poll() is None:
             p.kill()
