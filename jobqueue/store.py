@@ -43,10 +43,13 @@ def _wall_now(now: float | None) -> float:
 
 def unreachable(exc: BaseException) -> bool:
     """Whether exc means the queue database cannot be reached right now (server down or restarting, the connection
-    terminated): a condition to wait out, not a bug."""
+    terminated, SQLite's disk full): a condition to wait out, not a bug."""
     import psycopg
 
     if isinstance(exc, (QueueUnavailable, ConnectionError, psycopg.OperationalError)):
+        return True
+    if isinstance(exc, sqlalchemy.exc.OperationalError) and any(  # SQLite on a full or failing disk
+            m in str(exc.orig) for m in ("database or disk is full", "disk I/O error", "unable to open database")):
         return True
     return isinstance(exc, sqlalchemy.exc.DBAPIError) and (
         exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError))

@@ -347,3 +347,19 @@ def test_pg_queues_in_other_schemas_do_not_wake_each_other(pg_url, tmp_path):
         mine.close(), theirs.close()
         with _pg_connect() as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+
+
+def test_unreachable_tells_an_outage_from_a_bug(tmp_path):
+    """The daemon waits out an unreachable queue database with one log line; a real error keeps its traceback."""
+    import sqlalchemy
+
+    from jobqueue.store import unreachable
+
+    gone = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/no/such/dir/q.db")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as e:
+        gone.connect()
+    assert unreachable(e.value)  # "unable to open database file"
+    ok = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/q.db")
+    with ok.connect() as c, pytest.raises(sqlalchemy.exc.OperationalError) as e:
+        c.execute(sqlalchemy.text("SELEC 1"))
+    assert not unreachable(e.value)  # a syntax error is a bug, not an outage
