@@ -53,6 +53,11 @@ def _pts(x: Any) -> str:
     return "–" if x is None else f"{x:.1f}" if isinstance(x, (int, float)) else str(x)
 
 
+def _prob(x: Any) -> str:
+    """A probability such as P(candidate > control): two decimals, so 24/25 = 0.96 never reads as 1.0."""
+    return "–" if x is None else f"{x:.2f}"
+
+
 def _p(x: Any) -> str:
     if x is None:
         return "–"
@@ -84,7 +89,7 @@ def evidence_table(result: dict[str, Any]) -> str:
             rows.append(f"| {name} | {role} | {', '.join(_pts(v) for v in t.get('candidate', []))} | "
                         f"{', '.join(_pts(v) for v in t.get('control', []))} | {_signed(t['delta'])} "
                         f"[{_signed(ci[0])}, {_signed(ci[1])}] | {_p(t.get('mannwhitney_p'))} | "
-                        f"{_p(t.get('holm_p'))} | {_pts(t.get('p_superiority'))} | {clears} |")
+                        f"{_p(t.get('holm_p'))} | {_prob(t.get('p_superiority'))} | {clears} |")
         tail = []
         if ev.get("clearing_tasks") is not None:
             tail.append(f"Clearing depth tasks: {', '.join(ev['clearing_tasks']) or 'none'}; rank-{ev.get('u')} "

@@ -42,7 +42,7 @@ def test_result_comment_reads_top_down():
     assert lines[0] == "**Ablation: PASS** — 2 depth tasks clear"
     rows = [line for line in lines if line.startswith("| ")]
     assert rows[2].startswith("| khop | depth | 70.0, 72.5 | 50.0, 51.0 | +20.8 [+19.0, +22.5] | 0.0040 | 0.0080 | "
-                              "1.0 | yes |")
+                              "1.00 | yes |")
     assert rows[-1].startswith("| copy | control |")  # the control task last
     assert "rank-2 Holm p = 0.0080 (α = 0.01); control task healthy" in text
     assert "khop +5.2σ, s5 +2.5σ" in text
@@ -54,6 +54,16 @@ def test_result_comment_reads_top_down():
     linked = comment(plots=["https://github.com/a/b/blob/s/docs/findings/plots/x.png"], finding="https://f")
     assert "[x.png](https://github.com/a/b/blob/s/docs/findings/plots/x.png)" in linked
     assert "Finding: https://f" in linked
+
+
+def test_p_superiority_is_not_rounded_into_a_separation():
+    """24 of 25 seed pairs (0.96) is not complete separation: the table must not print it as 1.0."""
+    khop = {**ABLATION["evidence"]["tasks"]["khop"], "p_superiority": 0.96, "clears": False}
+    res = {**ABLATION, "evidence": {**ABLATION["evidence"], "tasks": {**ABLATION["evidence"]["tasks"], "khop": khop}}}
+    row = next(line for line in report.evidence_table(res).splitlines() if line.startswith("| khop |"))
+    assert row.endswith("| 0.0040 | 0.0080 | 0.96 | no |"), row
+    copy = next(line for line in report.evidence_table(ABLATION).splitlines() if line.startswith("| copy |"))
+    assert "| 0.50 | – |" in copy
 
 
 def test_error_and_smoke_and_full_comments():
