@@ -167,6 +167,7 @@ def execute(stage: str, settings: Settings, spec: dict, run_dir: Path | str, pre
                                           "dtype_reason": prec.reason, "torch_threads": torch.get_num_threads()})
         check_disk(run, settings)
         result = run_stage(stage, ctx)
+        run.progress(ctx.total_units, ctx.total_units, "done", force=True)  # not a throttled tick's stale count
         result["run"] = {k: head[k] for k in ("git_sha", "dirty", "dirty_diff_sha256", "versions",
                                               "evaluation_fingerprint")}
     except Stopped:

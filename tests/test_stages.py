@@ -46,6 +46,16 @@ def test_smoke_passes_and_writes_a_self_describing_run(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["job_id"] == 7
 
 
+def test_a_finished_stage_leaves_progress_at_done(tmp_path):
+    """progress.json is throttled to one write per 2 s; a stage that ends must not leave a stale count behind
+    (a fast smoke left "0 of 100, overfit one batch", an ablation "385 of 720")."""
+    s = settings(smoke_steps=5, smoke_overfit_steps=5, r_max=2, r_mean=2)
+    code, res = execute("smoke", s, {}, tmp_path / "run")
+    assert code == 0 and res["verdict"] in ("PASS", "FAIL"), res
+    prog = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert prog["done"] == prog["total"] == 10 and prog["what"] == "done" and prog["eta_s"] == 0.0, prog
+
+
 def test_smoke_fails_with_a_reason_when_it_cannot_overfit(tmp_path):
     s = settings(smoke_steps=5, smoke_overfit_steps=3, smoke_overfit_loss=0.01)
     code, res = execute("smoke", s, {}, tmp_path / "run")
