@@ -126,15 +126,15 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
     ctx.run.metric({"run": "smoke", "eval_sweep": sweep, "tokens_per_s": res["tokens_per_s"]})
     fig = plots.depth_curves({task_name: {"candidate": [res["curve"]]}}, ctx.run.path / "plots" / "depth.png", rb,
                              title="smoke: accuracy against depth")
-    plots.loss_curves({task_name: {"candidate": [[(h["step"], h["loss"]) for h in res["history"]]]}},
-                      ctx.run.path / "plots" / "loss.png")
+    loss_fig = plots.loss_curves({task_name: {"candidate": [[(h["step"], h["loss"]) for h in res["history"]]]}},
+                                 ctx.run.path / "plots" / "loss.png")
     ctx.tick(ctx.total_units, "done")
     verdict = "FAIL" if failed else "PASS"
     reason = "; ".join(failed) if failed else (f"healthy: overfit {overfit_loss:.3f}, no NaN, "
                                               f"{res['tokens_per_s']:.0f} tokens/s, sweep {sweep}")
     return {"verdict": verdict, "reason": reason, "evidence": {k: {"ok": ok, "detail": m} for k, (ok, m)
                                                                in checks.items()},
-            "figures": figures, "plots": [fig]}
+            "figures": figures, "plots": [fig, loss_fig]}
 
 
 # --------------------------------------------------------------------------- ablation

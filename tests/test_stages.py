@@ -56,6 +56,15 @@ def test_a_finished_stage_leaves_progress_at_done(tmp_path):
     assert prog["done"] == prog["total"] == 10 and prog["what"] == "done" and prog["eta_s"] == 0.0, prog
 
 
+def test_smoke_result_lists_every_plot_it_wrote(tmp_path):
+    """result.json's "plots" names each PNG under plots/ (the smoke's loss curve was written but not listed)."""
+    s = settings(smoke_steps=5, smoke_overfit_steps=5, r_max=2, r_mean=2)
+    code, res = execute("smoke", s, {}, tmp_path / "run")
+    on_disk = sorted(p.name for p in (tmp_path / "run" / "plots").glob("*.png"))
+    assert code == 0 and on_disk == ["depth.png", "loss.png"], on_disk
+    assert sorted(os.path.basename(p) for p in read_result(tmp_path / "run")["plots"]) == on_disk
+
+
 def test_smoke_fails_with_a_reason_when_it_cannot_overfit(tmp_path):
     s = settings(smoke_steps=5, smoke_overfit_steps=3, smoke_overfit_loss=0.01)
     code, res = execute("smoke", s, {}, tmp_path / "run")
