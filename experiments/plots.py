@@ -84,14 +84,15 @@ def strip(values: dict[str, dict[str, list[float]]], path: Path, title: str = ""
     return _save(fig, path)
 
 
-def series(points: dict[str, list[tuple[int, float]]], path: Path, ylabel: str, title: str) -> str:
-    """One line per key: e.g. validation loss per run in the full stage."""
+def series(points: dict[str, list[tuple[int, float]]], path: Path, ylabel: str, title: str,
+           xlabel: str = "step") -> str:
+    """One line per key: e.g. validation loss per run in the full stage (x: training step, or loop depth r)."""
     fig, axes = _grid(1)
     for k, pts in points.items():
         if pts:
             x, y = zip(*pts)
             arm = k.split("/")[0]
             axes[0].plot(x, y, color=COLORS.get(arm), alpha=0.7, label=k)
-    axes[0].set(xlabel="step", ylabel=ylabel, title=title)
+    axes[0].set(xlabel=xlabel, ylabel=ylabel, title=title)
     axes[0].legend(fontsize=7)
     return _save(fig, path)

@@ -292,7 +292,8 @@ def full(ctx: Ctx) -> dict[str, Any]:
                                                            for a in arms}}, d / "depth.png", s.r_eval,
                                title="full: depth probe after language modelling"),
             plots.series({k: list(enumerate(done[k]["val_loss_by_r"], 1)) for k in done}, d / "val_loss_by_r.png",
-                         "validation loss (nats)", "validation loss against loop depth r")]
+                         "validation loss (nats)", "validation loss against loop depth r",
+                         xlabel="loop passes r")]
     figures = {"val_loss_by_r": {k: done[k]["val_loss_by_r"] for k in done},
                "tokens_per_s": {k: done[k]["tokens_per_s"] for k in done}, "seeds": seeds}
     return {"verdict": v.verdict, "reason": v.reason, "evidence": {**v.evidence, "input": ev}, "figures": figures,

@@ -313,3 +313,16 @@ def test_a_torn_last_line_of_done_jsonl_is_dropped_and_its_run_trains_again(tmp_
     done.write_text("".join(lines[:2]) + "garbage\n" + "".join(lines[2:]))
     code, res = execute("ablation", s, {}, run)
     assert res["verdict"] == "ERROR" and "done.jsonl line 3 is not a record" in res["reason"], res
+
+
+def test_validation_loss_against_depth_is_labelled_with_r_not_step(tmp_path):
+    """The full stage's val_loss_by_r plot has loop depth on its x axis; it was labelled "step"."""
+    import matplotlib
+
+    from experiments import plots
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # keep the labels as text in the file
+        plots.series({"candidate/lm/s0": [(1, 6.2), (2, 6.1)]}, tmp_path / "by_r.svg", "validation loss (nats)",
+                      "validation loss against loop depth r", xlabel="loop passes r")
+    svg = (tmp_path / "by_r.svg").read_text()
+    assert ">loop passes r<" in svg and ">step<" not in svg
