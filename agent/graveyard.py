@@ -54,7 +54,8 @@ def _v(x: Any) -> str:
     return _norm(x).strip('"')
 
 
-def comment(matches: list[dict], limit: int = 3) -> str:
+def comment(matches: list[dict], limit: int = 3, held: bool = False) -> str:
+    """held: the issue is already blocked, so it does not run yet (telling its author to block it would mislead)."""
     lines = []
     for m in matches[:limit]:
         deltas = m.get("deltas") or {}
@@ -66,7 +67,8 @@ def comment(matches: list[dict], limit: int = 3) -> str:
         lines.append(f"- resembles #{m['issue']}, killed on {m.get('date', '?')} at {at}{where}; {diff}.{link}")
     more = f"\n- … and {len(matches) - limit} more." if len(matches) > limit else ""
     return ("**Graveyard check.** This idea is close to ideas refinery already killed:\n\n" + "\n".join(lines) + more
-            + "\n\nIt still runs. To stop it before it spends device time, label this issue `blocked`.")
+            + ("\n\nIt is on hold while this issue is blocked, and runs only when the hold is lifted." if held else
+               "\n\nIt still runs. To stop it before it spends device time, label this issue `blocked`."))
 
 
 def killed_ideas(kv) -> dict[int, dict]:
@@ -79,7 +81,7 @@ def killed_ideas(kv) -> dict[int, dict]:
     return out
 
 
-def note_for(settings: config.Settings, kv, issue: int, spec: dict) -> str | None:
+def note_for(settings: config.Settings, kv, issue: int, spec: dict, held: bool = False) -> str | None:
     """The graveyard comment for a new idea, or None when it resembles no killed idea."""
     matches = resemblances(spec, killed_ideas(kv), settings.daemon.graveyard_max_diff, exclude=issue)
-    return comment(matches) if matches else None
+    return comment(matches, held=held) if matches else None

@@ -228,19 +228,19 @@ class Intake:
         job = self.store.enqueue(n, "smoke", lane, payload, key=f"spec-{spec_key}")
         if held:
             self.store.hold_issue(n)
-        self._graveyard_check(n, spec_key, res.spec)
+        self._graveyard_check(n, spec_key, res.spec, held)
         self.outbox.comment(n, f"i{n}/j{job.id}/smoke/queued", queued_comment(issue, job.id, lane, res, held))
         self.outbox.status(n, f"i{n}/j{job.id}/smoke/status-queued", "queued")
         self.memory.put(n, status="enqueued", body_hash=h, spec_key=spec_key)
         log.info("intake: #%d → smoke job %d on %s", n, job.id, lane)
         return "enqueued"
 
-    def _graveyard_check(self, n: int, spec_key: str, spec: dict) -> None:
-        """Comment when the idea resembles a killed one (agent/graveyard.py); it still runs."""
+    def _graveyard_check(self, n: int, spec_key: str, spec: dict, held: bool = False) -> None:
+        """Comment when the idea resembles a killed one (agent/graveyard.py); it still runs (unless held)."""
         from agent import graveyard
         from jobqueue.outbox import KeyValue
 
-        note = graveyard.note_for(self.settings, KeyValue(self.store.engine), n, spec)
+        note = graveyard.note_for(self.settings, KeyValue(self.store.engine), n, spec, held=held)
         if note:
             self.outbox.comment(n, f"i{n}/spec-{spec_key}/graveyard", note)
 

@@ -173,6 +173,15 @@ def test_graveyard_resemblance_ignores_budgets_and_counts_differences():
     assert graveyard.resemblances(base, killed, max_diff=0) == m[:1]
 
 
+def test_graveyard_comment_on_an_issue_already_blocked_says_it_is_held():
+    """An idea filed with `blocked` was told "It still runs. ... label this issue `blocked`" (it was already)."""
+    m = [{"issue": 3, "diff": [], "date": "2026-01-01", "stage": "ablation", "deltas": {"khop": -1.0}}]
+    assert "It still runs. To stop it" in graveyard.comment(m)
+    held = graveyard.comment(m, held=True)
+    assert "It still runs" not in held and "label this issue `blocked`" not in held
+    assert held.endswith("It is on hold while this issue is blocked, and runs only when the hold is lifted.")
+
+
 def test_progress_comment():
     text = report.progress_comment(stage="ablation", job_id=4, progress={"done": 300, "total": 1200,
                                                                           "what": "candidate/khop/s1",
