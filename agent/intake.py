@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import config
 from agent.outbox import Outbox, runs_dir
-from agent.report import toml_value
+from agent.report import spec_lines
 from agent.tracker import TRUSTED_PERMISSIONS, Issue, Tracker, TrackerUnavailable
 from experiments.spec import spec_from_issue
 from jobqueue.outbox import IntakeMemory
@@ -269,8 +269,7 @@ def stage_argv(stage: str, spec_file: str) -> list[str]:
 
 
 def queued_comment(issue: Issue, job_id: int, lane: str, res, held: bool) -> str:
-    given = set(res.given)
-    lines = [f"{k} = {toml_value(v)}" + ("  # from the issue" if k in given else "") for k, v in res.spec.items()]
+    lines = spec_lines(res.spec, res.given)
     hold = " It is on hold while this issue is blocked." if held else ""
     return (f"Queued the smoke test as job {job_id} on the {lane} lane.{hold}\n\n"
             "The effective spec (defaults filled in):\n\n```toml\n" + "\n".join(lines) + "\n```")

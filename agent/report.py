@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,17 @@ def toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
+def spec_lines(spec: dict, given: Iterable[str] = ()) -> list[str]:
+    """The effective spec as TOML lines that parse back as a spec: values derived from the fields (dims,
+    r_eval_effective) are not spec keys, so they are shown as comments instead of as assignments."""
+    given = set(given)
+    return [(f"{k} = {toml_value(v)}" + ("  # from the issue" if k in given else "")) if k in config.FIELD_SECTION
+            else f"# {k} = {toml_value(v)}  (derived, not a spec key)" for k, v in spec.items()]
+
+
 def _spec_block(spec: dict) -> str:
     return ("<details><summary>Effective spec</summary>\n\n```toml\n"
-            + "\n".join(f"{k} = {toml_value(v)}" for k, v in spec.items()) + "\n```\n</details>")
+            + "\n".join(spec_lines(spec)) + "\n```\n</details>")
 
 
 def result_comment(*, issue: int, stage: str, job_id: int, result: dict[str, Any], spec: dict, prereg: dict | None,

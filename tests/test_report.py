@@ -192,3 +192,25 @@ def test_progress_comment():
                            "elapsed 100 s · ETA 8 min")
     assert "Last metrics: run candidate/khop/s1, step 300, loss 0.1235" in text and "other" not in text
     assert text.endswith("Stages so far: smoke PASS (40 s)")
+
+
+def test_the_echoed_effective_spec_parses_back_as_a_spec():
+    """The first comment's effective spec (and each result comment's) is a ```toml block a researcher copies into
+    the next idea; derived values (dims, r_eval_effective) used to be written as keys, so a copy was invalid."""
+    import re
+
+    from agent.intake import queued_comment
+    from agent.tracker import Issue
+    from experiments.spec import parse_spec
+
+    res = parse_spec('arch = "reasoner"\n[model]\nr_max = 3\nr_mean = 2\n', config.load({}))
+    assert res.ok and "dims" in res.spec and "r_eval_effective" in res.spec
+    first = queued_comment(Issue(1, "t", "", "open", ("ideas", "cpu"), "me"), 4, "cpu", res, held=False)
+    block = re.search(r"```toml\n(.*?)```", first, re.S).group(1)
+    assert "r_max = 3  # from the issue" in block and "# dims = { d_model = 64" in block
+    again = parse_spec(block, config.load({}))
+    assert again.ok, again.error_text()
+    assert again.spec == res.spec
+    text = comment(spec=res.spec)
+    block = re.search(r"<summary>Effective spec</summary>\n\n```toml\n(.*?)```", text, re.S).group(1)
+    assert parse_spec(block, config.load({})).ok, parse_spec(block, config.load({})).error_text()
