@@ -165,7 +165,8 @@ class Pipeline:
         tag = f"a{job.attempt}"
         if str(job.state) == "failed":
             body = report.failed_comment(stage=stage, job_id=job.id, attempts=job.tries, error=job.error or "",
-                                         run_dir=self._display(job.run_dir), ledger=self.ledger(n))
+                                         run_dir=self._display(job.run_dir), ledger=self.ledger(n),
+                                         reason=error_reason(job.run_dir))
         else:
             body = report.result_comment(
                 issue=n, stage=stage, job_id=job.id, result={**result, "verdict": "ERROR"},
@@ -459,6 +460,15 @@ class Pipeline:
             return str(Path(path).resolve().relative_to(config.ROOT))
         except ValueError:
             return str(path)
+
+
+def error_reason(run_dir: str | None) -> str:
+    """The ERROR reason a stage wrote in its result.json ('' when it wrote none: a crash, a kill)."""
+    try:
+        res = json.loads((Path(run_dir) / "result.json").read_text()) if run_dir else {}
+    except (OSError, ValueError):
+        return ""
+    return str(res.get("reason") or "") if isinstance(res, dict) and res.get("verdict") == "ERROR" else ""
 
 
 def last_metrics(run_dir: Path, tail_bytes: int = 8192) -> dict | None:

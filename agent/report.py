@@ -226,10 +226,17 @@ def result_comment(*, issue: int, stage: str, job_id: int, result: dict[str, Any
     return "\n".join(lines)
 
 
-def failed_comment(*, stage: str, job_id: int, attempts: int, error: str, run_dir: str, ledger: dict) -> str:
-    """A job that failed for good: a fault of the run (crash, out of memory, wall limit), not a verdict."""
+def failed_comment(*, stage: str, job_id: int, attempts: int, error: str, run_dir: str, ledger: dict,
+                   reason: str = "") -> str:
+    """A job that failed for good: a fault of the run (crash, out of memory, wall limit), not a verdict.
+    reason: the ERROR reason the stage wrote in result.json, when it wrote one (it leads the comment)."""
+    text = (error or "").strip()
+    if len(text) > 3000:  # the log's tail, from a line boundary (not from the middle of a line)
+        text = text[-3000:]
+        text = text[text.find("\n") + 1:] if "\n" in text else text
+    why = f": {reason.strip()}" if reason and reason.strip() else "."
     return (f"**{title_of(stage)}: failed** (an error of the run, not a verdict on the idea) after {attempts} "
-            f"attempt(s).\n\n```\n{(error or '').strip()[-3000:]}\n```\n\n{ledger_table(ledger)}\n\n"
+            f"attempt(s){why}\n\n```\n{text}\n```\n\n{ledger_table(ledger)}\n\n"
             f"Run directory: `{run_dir}` · job {job_id}. `refinery queue retry {job_id}` runs it again "
             "(and the stages after it).")
 

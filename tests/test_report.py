@@ -214,3 +214,27 @@ def test_the_echoed_effective_spec_parses_back_as_a_spec():
     text = comment(spec=res.spec)
     block = re.search(r"<summary>Effective spec</summary>\n\n```toml\n(.*?)```", text, re.S).group(1)
     assert parse_spec(block, config.load({})).ok, parse_spec(block, config.load({})).error_text()
+
+
+def test_failed_comment_leads_with_the_error_reason_and_cuts_the_log_at_a_line(tmp_path):
+    """A stage that failed for good showed only a log tail starting mid-line ("irty=False ..."); the ERROR reason it
+    wrote in result.json (e.g. "corpus unavailable: ...") belongs on the first line."""
+    import json
+
+    from agent.pipeline import error_reason
+
+    log = "".join(f"09:41:{i % 60:02d} line {i} dirty=False\n" for i in range(200))
+    error = "exit code 3\n--- log tail ---\n" + log[-3000:]
+    res = {"verdict": "ERROR", "reason": "corpus unavailable: no train.bin"}
+    (tmp_path / "result.json").write_text(json.dumps(res))
+    text = report.failed_comment(stage="full", job_id=12, attempts=1, error=error, run_dir=str(tmp_path),
+                                 ledger={}, reason=error_reason(str(tmp_path)))
+    first = text.splitlines()[0]
+    assert first == ("**Full training: failed** (an error of the run, not a verdict on the idea) after 1 attempt(s): "
+                     "corpus unavailable: no train.bin"), first
+    block = text.split("```\n", 1)[1].split("\n```", 1)[0]
+    assert block.startswith("09:41:") and log.endswith(block + "\n") and len(block) <= 3000
+    (tmp_path / "result.json").unlink()  # a crash wrote none: the first line ends plainly
+    assert error_reason(str(tmp_path)) == "" and error_reason(None) == ""
+    assert report.failed_comment(stage="smoke", job_id=1, attempts=3, error="boom", run_dir="r", ledger={}
+                                 ).splitlines()[0].endswith("after 3 attempt(s).")
