@@ -185,13 +185,18 @@ def _fill(arg: str, fill: dict[str, str]) -> str:
 
 
 def log_tail(run_dir: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    """The last `chars` bytes of the run's log.txt, from a line boundary (a cut line would start mid-word)."""
     try:
         with open(run_dir / "log.txt", "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - chars))
-            return f.read().decode(errors="replace")
+            start = max(0, f.tell() - chars)
+            f.seek(start)
+            data = f.read()
     except OSError:
         return ""
+    if start > 0 and b"\n" in data[:-1]:  # drop the partial first line (keep it when it is the only one)
+        data = data[data.index(b"\n") + 1:]
+    return data.decode(errors="replace")
 
 
 @dataclass(frozen=True)

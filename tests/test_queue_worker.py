@@ -100,6 +100,19 @@ def test_failure_carries_the_log_tail_and_retries(store):
     assert store.get(job.id).attempt == 2
 
 
+def test_the_log_tail_of_a_failure_starts_at_a_line(tmp_path):
+    """A failed job's log tail (on the issue) began mid-line, e.g. "irty=False  diff sha256 None"."""
+    from jobqueue.runner import log_tail
+
+    lines = [f"09:41:{i % 60:02d} dirty=False line {i}" for i in range(300)]
+    (tmp_path / "log.txt").write_text("\n".join(lines) + "\n")
+    tail = log_tail(tmp_path, 1000)
+    assert tail.splitlines()[0] in lines and tail.endswith(lines[-1] + "\n") and len(tail) <= 1000
+    (tmp_path / "log.txt").write_text("x" * 5000)  # one long line: its end is still shown
+    assert log_tail(tmp_path, 1000) == "x" * 1000
+    assert log_tail(tmp_path / "missing", 1000) == ""
+
+
 def test_exit_75_resumes_without_losing_an_attempt(store):
     job = store.enqueue(None, "full", "cpu", {"argv": child_argv("--exit", "75")}, max_attempts=1)
     w = Worker(store)
