@@ -167,3 +167,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def use_env(monkeypatch, env: dict[str, str]) -> dict[str, str]:
+    """Set env's REFINERY_* settings for an in-process command-line call; returns env."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`refinery ARGV...` in this process: (exit code, stdout, stderr)."""
+    from agent.cli import main
+
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err

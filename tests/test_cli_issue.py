@@ -11,23 +11,16 @@ import sys
 
 import pytest
 
-from agent.cli import main
 from config import ROOT
-from tests.queue_support import queue_env
+from tests.queue_support import queue_env, run_cli, use_env
 
 
 @pytest.fixture
 def env(sqlite_url, tmp_path, monkeypatch):
-    env = queue_env(sqlite_url, tmp_path, tracker="local")
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return env
+    return use_env(monkeypatch, queue_env(sqlite_url, tmp_path, tracker="local"))
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_cli
 
 
 def test_unreadable_body_file_is_one_line_and_files_nothing(env, capsys, tmp_path):

@@ -19,21 +19,15 @@ from jobqueue.gpulock import gpu_lock
 from jobqueue.models import State
 from jobqueue.store import Store
 from jobqueue.worker import Worker
-from tests.queue_support import ROOT, proc_env, queue_env, settings_for, wait_until
+from tests.queue_support import ROOT, proc_env, queue_env, run_cli, settings_for, use_env, wait_until
 
 
 @pytest.fixture
 def env(db_url, tmp_path, monkeypatch):
-    env = queue_env(db_url, tmp_path)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return env
+    return use_env(monkeypatch, queue_env(db_url, tmp_path))
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_cli
 
 
 def test_enqueue_ls_show_cancel_retry_logs(env, capsys, monkeypatch):
