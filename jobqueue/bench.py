@@ -183,9 +183,11 @@ def _latency_worker(url: str, ready, out_q) -> None:
     while True:
         t_claim = time.time()
         job = store.claim("cpu", owner)
-        if job is None:
-            store.wait_for_work(1.0)
-            continue
+        if job is None:  # wait as the worker does with nothing running: offering to take the next job
+            job = store.wait_for_job("cpu", owner, 1.0)
+            if job is None:
+                continue
+            t_claim = time.time() - store.take_s  # handed over: the start call is the take (wake.py)
         t = time.time()
         if job.payload.get("stop"):
             break

@@ -22,7 +22,8 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 import config
 from jobqueue.db import Base, is_sqlite, write_tx
-from jobqueue.wake import NOTIFY_CHANNEL
+from jobqueue.models import CLAIMABLE
+from jobqueue.wake import GRANT_CHANNEL, NOTIFY_CHANNEL, OFFER_LIVE, OFFERS_DDL
 
 _LOCK_KEY = 0x7265_6669  # "refi": PostgreSQL advisory lock id for schema changes
 
@@ -116,6 +117,45 @@ PG_TRIGGERS += (
     "CREATE OR REPLACE TRIGGER jobs_notify AFTER INSERT OR UPDATE OF state ON jobs FOR EACH ROW "
     "WHEN (NEW.state IN ('queued', 'retrying')) EXECUTE FUNCTION refinery_notify()",
 )
+# PostgreSQL, v4: the hand-over (wake.py). A worker with nothing to do posts an offer in job_offers (UNLOGGED:
+# ephemeral, no WAL, emptied by a server crash, which ends every waiting session anyway) before it waits.
+# A cpu job enqueued while no other job of its lane is claimable takes the oldest live offer, before its row is
+# written: the row is born running, leased to the offering worker (attempt 1, the fencing token, as a claim
+# would). Once the row is in (an insert that ON CONFLICT skipped notifies nobody), the event trigger writes its
+# history (enqueued, then claimed) and notifies only that worker, on its own channel, with the offer id and the
+# row itself, so the worker starts it without another statement. One durable commit per start instead of two
+# (the enqueue, then the claim). An offer is live while the session waiting for it is (backend pid and start
+# time); a dead one is skipped, and cleared by the next offer.
+_GRANT = ("owner_host", "owner_boot", "owner_pid", "owner_start", "note")
+PG_TRIGGERS += (
+    OFFERS_DDL,
+    f"""CREATE OR REPLACE FUNCTION refinery_handoff() RETURNS trigger AS $fn$ DECLARE o record; BEGIN
+        IF NOT EXISTS (SELECT 1 FROM job_offers WHERE job_id IS NULL) THEN RETURN NEW; END IF;
+        UPDATE job_offers SET job_id = NEW.id WHERE id = (
+            SELECT f.id FROM job_offers f WHERE f.lane = NEW.lane AND f.job_id IS NULL AND {OFFER_LIVE}
+            AND NOT EXISTS (SELECT 1 FROM jobs WHERE lane = NEW.lane AND {CLAIMABLE} AND not_before <= NEW.created_at)
+            ORDER BY f.id LIMIT 1 FOR UPDATE OF f SKIP LOCKED)
+        RETURNING * INTO o;
+        IF FOUND THEN
+            NEW.state := 'running'; NEW.attempt := NEW.attempt + 1; NEW.lease_until := NEW.created_at + o.lease_s;
+            NEW.heartbeat_at := NEW.created_at; NEW.started_at := NEW.created_at; NEW.updated_at := NEW.created_at;
+            {" ".join(f"NEW.{c} := o.{c};" for c in _GRANT)}
+        END IF;
+        RETURN NEW; END $fn$ LANGUAGE plpgsql""",
+    "CREATE OR REPLACE TRIGGER jobs_handoff BEFORE INSERT ON jobs FOR EACH ROW "
+    "WHEN (NEW.lane = 'cpu' AND NEW.state = 'queued') EXECUTE FUNCTION refinery_handoff()",
+    f"""CREATE OR REPLACE FUNCTION refinery_job_event() RETURNS trigger AS $fn$ DECLARE o record; m text; BEGIN
+        IF TG_OP = 'INSERT' AND NEW.state = 'running' THEN  -- handed over at enqueue: enqueued, then claimed
+            {_EVENT_COLS} VALUES (NEW.id, NEW.created_at, 0, NULL, 'queued', 'enqueued', NULL);
+            {_EVENT_COLS} VALUES ({_EVENT_VALUES.format(old="'queued'")});
+            SELECT id, backend_pid INTO o FROM job_offers WHERE job_id = NEW.id;
+            m := json_build_object('offer', o.id, 'job', row_to_json(NEW))::text;
+            PERFORM pg_notify('{GRANT_CHANNEL}' || o.backend_pid, CASE WHEN octet_length(m) < 7900 THEN m
+                ELSE json_build_object('offer', o.id, 'id', NEW.id)::text END);
+        ELSIF TG_OP = 'INSERT' THEN {_EVENT_COLS} VALUES ({_EVENT_VALUES.format(old="NULL")});
+        ELSE {_EVENT_COLS} VALUES ({_EVENT_VALUES.format(old="OLD.state")}); END IF;
+        RETURN NULL; END $fn$ LANGUAGE plpgsql""",
+)
 
 
 def create_triggers(conn: Connection) -> None:
@@ -149,7 +189,11 @@ def _v2_to_v3(conn: Connection) -> None:
     """v3: dependents released and (PostgreSQL) workers notified by triggers; upgrade() makes them."""
 
 
-STEPS = {1: _v1_to_v2, 2: _v2_to_v3}  # version v → v + 1
+def _v3_to_v4(conn: Connection) -> None:
+    """v4 (PostgreSQL): the job_offers table and the hand-over in the notify trigger; upgrade() makes both."""
+
+
+STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}  # version v → v + 1
 
 
 def current_version(conn: Connection) -> int | None:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from jobqueue.db import Base
 
-SCHEMA_VERSION = 3  # bump with a step in migrations.py
+SCHEMA_VERSION = 4  # bump with a step in migrations.py
 
 
 class State(enum.StrEnum):

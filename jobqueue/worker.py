@@ -218,7 +218,21 @@ class Worker:
             if once and not did and not self.children:
                 return
             if not did:
-                self.store.wait_for_work(0.05 if self.children else 1.0)
+                self.idle(0.05 if self.children else 1.0)
+
+    def idle(self, timeout: float) -> None:
+        """Wait for work. With nothing running, a worker with cpu slots offers to take the next cpu job as it
+        is enqueued (Store.wait_for_job: on PostgreSQL the enqueue hands it over, one commit instead of two)."""
+        if self.children or not self.cpu_slots or self.stopping is not None or self._disk_low:
+            self.store.wait_for_work(timeout)
+            return
+        job = self.store.wait_for_job(Lane.CPU, self.owner, timeout)
+        if job is None:
+            return
+        if self.stopping is not None:  # a signal came while we waited: back to the queue, no attempt spent
+            self.store.requeue(job.id, job.attempt, "handed over as the worker stopped", count_attempt=False)
+        else:
+            self._launch(job, None, time.time())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,8 @@
                                         [--fail-attempts N] [--ignore-term] [--term-exit N] [--grandchild]
                                         [--exit N]
     python -m tests.queue_support hammer --out FILE [--lane cpu]   (claims + finishes until the lane is empty)
+    python -m tests.queue_support waiter --out FILE --stop FILE [--timeout S]   (an idle worker's loop: claim, else
+                                        wait offering to take the next job; until STOP exists and the lane is empty)
 
 Settings come from the environment (REFINERY_*), as for any refinery process.
 """
@@ -141,6 +143,32 @@ def hammer_main(a) -> int:
     return 0
 
 
+def waiter_main(a) -> int:
+    """Claim, or wait offering to take the next job (Store.wait_for_job), as an idle Worker does; each job run
+    is recorded (id, attempt, how it came) and finished."""
+    from jobqueue.proc import Owner
+    from jobqueue.store import Store
+
+    settings = config.load()
+    store = Store(settings)
+    owner = Owner.current(settings.host_name)
+    got = []
+    Path(a.out + ".ready").touch()
+    while True:
+        job, how = store.claim("cpu", owner), "claim"
+        if job is None:
+            job, how = store.wait_for_job("cpu", owner, a.timeout), "handoff"
+        if job is None:
+            if Path(a.stop).exists() and not store.counts().get("cpu", {}).get("queued"):
+                break
+            continue
+        got.append({"id": job.id, "attempt": job.attempt, "how": how, "owner": job.owner_pid})
+        store.finish(job.id, job.attempt, {"by": os.getpid()})
+    Path(a.out).write_text(json.dumps(got))
+    store.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -161,8 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--out", required=True)
     h.add_argument("--lane", default="cpu")
     h.add_argument("--go", help="write OUT.ready once connected, then wait for this file before claiming")
+    w = sub.add_parser("waiter")
+    w.add_argument("--out", required=True)
+    w.add_argument("--stop", required=True)
+    w.add_argument("--timeout", type=float, default=1.0)
     a = p.parse_args(argv)
-    return child_main(a) if a.cmd == "child" else hammer_main(a)
+    return {"child": child_main, "hammer": hammer_main, "waiter": waiter_main}[a.cmd](a)
 
 
 if __name__ == "__main__":
