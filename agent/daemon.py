@@ -307,6 +307,20 @@ class Daemon:
         self.reload_requested = True
         self.kick.set()
 
+    def idle(self, timeout: float) -> None:
+        """Between turns of the main loop. PostgreSQL, nothing running: wait in the queue (LISTEN; a cpu job
+        enqueued meanwhile, by this host's poll or any other, is handed over at once: jobqueue/wake.py). Otherwise,
+        and always on SQLite (whose waiter re-reads the database every 2 ms), on the kick that a poll which enqueued
+        work, a signal or SIGHUP sets. Either way a signal is seen within `timeout`."""
+        if not self.store.sqlite and not self.worker.busy and not self.kick.is_set() and not self.stop_event.is_set():
+            try:
+                self.worker.idle(timeout)
+            finally:
+                self.kick.clear()
+            return
+        self.kick.wait(timeout)
+        self.kick.clear()
+
     def serve(self, install_signals: bool = True) -> int:
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -336,6 +350,7 @@ class Daemon:
                     if db_down:
                         log.info("queue database reachable again")
                         db_down = False
+                    self.idle(0.5)
                 except Exception as e:  # noqa: BLE001 - keep serving; the error is logged with its traceback
                     if not unreachable(e):
                         log.exception("daemon loop")
@@ -344,8 +359,6 @@ class Daemon:
                         log.warning("queue database unreachable (%s); retrying", why)
                         db_down = True
                     time.sleep(1.0)
-                self.kick.wait(0.5)
-                self.kick.clear()
         finally:
             sdnotify.stopping()
             sched.shutdown(wait=False)

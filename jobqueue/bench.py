@@ -9,14 +9,16 @@
   job), `batch10` = finish_many_and_claim with 10 jobs a transaction (pgqueuer's batching; the
   worker claims every free cpu slot in one transaction the same way).
 - enqueue/s with the same process counts (Store.enqueue with a dedupe key: one transaction each).
-- enqueue → start latency: one idle worker process waiting in Store.wait_for_work (LISTEN/NOTIFY on
-  PostgreSQL, PRAGMA data_version polled every idle_poll_s on SQLite), a producer enqueueing one
+- enqueue → start latency: one idle worker process waiting as Worker.idle does with nothing running, in
+  Store.wait_for_job (PostgreSQL: LISTEN/NOTIFY, and the enqueue hands the job over in its own commit;
+  SQLite: PRAGMA data_version polled every idle_poll_s, then a claim), a producer enqueueing one
   job at a time; "start" = the worker holds the claimed job (a real job's child process adds its
   own spawn time). Measured right after activity (a 20 ms gap between jobs; one backend at a time) and
   after idle: 7 more lanes per backend (own database, own waiting worker) left alone 300 s, then sampled
-  once each, 1 s apart (--quick: 3 lanes, 10 s). Each sample also times its two durable commits (the
-  enqueue call, the claim call), and a quiet curve gives the p50 after 0.02, 0.1, 0.3, 1 and 3 s of a
-  quiet machine: a queue that backed off would keep getting slower with the gap.
+  once each, 1 s apart (--quick: 3 lanes, 10 s). Each sample also times the enqueue call and the start
+  call (the claim; on a hand-over, taking the row from the notification), and a quiet curve gives the
+  p50 after 0.02, 0.1, 0.3, 1 and 3 s of a quiet machine: a queue that backed off would keep getting
+  slower with the gap.
 - double_claims / lost_jobs over every drain: each job's claims are counted by the claimers.
 
 Each figure is the median of 3 runs (--quick: 1). SQLite synchronous level: settings (NORMAL).
@@ -210,7 +212,7 @@ class _Lane:
         self.proc.start()
 
     def sample(self, phase: str) -> tuple[float, float, float]:
-        """(enqueue → start, the enqueue call, the claim call) in ms: the two durable commits on the path."""
+        """(enqueue → start, the enqueue call, the start call) in ms."""
         t0 = time.time()
         self.store.enqueue(None, "task", "cpu", {"t0": t0, "phase": phase})
         enqueue_ms = (time.time() - t0) * 1000.0
@@ -232,8 +234,8 @@ def latency(dbs: Databases, backends: list[str], active_n: int, idle_s: float, i
     PostgreSQL the idle p50 then measured 8.9 ms.) Then the quiet curve: the p50 after each (gap_s, n) of
     `quiet` with the machine otherwise quiet, on the mid-activity lane, one backend at a time: whether a
     slower start after idle comes from the queue (it would keep growing with the gap) or from the machine
-    (it levels off within a second). Every sample also times its two durable commits: the enqueue call
-    and the claim call."""
+    (it levels off within a second). Every sample also times the enqueue call and the start call (the claim,
+    or the take of a hand-over)."""
     lanes = {b: [_Lane(dbs, b) for _ in range(idle_n + 1)] for b in backends}
     out: dict = {b: {"active": [], "idle": []} for b in backends}
     curve: dict = {b: {} for b in backends}
@@ -268,7 +270,7 @@ def _summary(xs: list[tuple[float, float, float]], samples: bool = False) -> dic
     total = [x[0] for x in xs]
     return {"p50_ms": statistics.median(total), "p99_ms": _pct(total, 99), "n": len(xs),
             "enqueue_call_p50_ms": statistics.median(x[1] for x in xs),
-            "claim_call_p50_ms": statistics.median(x[2] for x in xs),
+            "start_call_p50_ms": statistics.median(x[2] for x in xs),
             **({"samples_ms": [round(x, 3) for x in total]} if samples else {})}
 
 
@@ -425,14 +427,14 @@ def _print(doc: dict) -> None:
     if f["claims_per_s"]:
         con.print(t)
     lat = f.get("latency", {})
-    lt = Table(title="enqueue → start p50 ms (enqueue call + claim call: its two durable commits)")
+    lt = Table(title="enqueue → start p50 ms (enqueue call + start call: the claim, or the take of a hand-over)")
     lt.add_column("phase")
     for b in lat:
         lt.add_column(b, justify="right")
     for phase in ("active", "idle", *next(iter(lat.values()), {}).get("quiet_curve", {})):
         name = {"active": "mid-activity", "idle": f"after {f['idle_s']:g} s idle"}.get(phase, f"after {phase} s quiet")
         cells = [x[phase] if phase in x else x["quiet_curve"][phase] for x in lat.values()]
-        lt.add_row(name, *(f"{c['p50_ms']:.2f} ({c['enqueue_call_p50_ms']:.2f} + {c['claim_call_p50_ms']:.2f})"
+        lt.add_row(name, *(f"{c['p50_ms']:.2f} ({c['enqueue_call_p50_ms']:.2f} + {c['start_call_p50_ms']:.2f})"
                            for c in cells))
     if lat:
         con.print(lt)

@@ -3,6 +3,7 @@
     jobs            one row per job; a claim changes its state, nothing ever deletes it
     job_events      append-only history: one row per transition (from, to, attempt, why)
     schema_version  the schema's version number, one row (migrations.py upgrades older ones)
+    job_offers      PostgreSQL only, UNLOGGED: idle workers' offers to take the next cpu job (wake.py)
 
 Times are float seconds since the epoch (UTC), the same on SQLite and PostgreSQL, so the
 store compares them with plain arithmetic and tests pass `now` in.

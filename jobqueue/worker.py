@@ -14,8 +14,10 @@
        claimed while runs/ has less than min_free_disk_gb free: a full disk delays jobs, it never
        spends their attempts (a stage would refuse to start, an ERROR each try, until none were left)
 
-`run()` loops step() and sleeps in store.wait_for_work() (LISTEN/NOTIFY, or SQLite's
-data_version) so an idle worker starts new work within milliseconds. Signals only set flags:
+`run()` loops step() and, when a step did nothing, waits in idle(): store.wait_for_work() (LISTEN/NOTIFY,
+or SQLite's data_version) so an idle worker starts new work within milliseconds; with nothing running it
+waits in store.wait_for_job(), offering to take the next cpu job, which on PostgreSQL the enqueue hands over
+in its own commit (jobqueue/wake.py), so the start needs no claim of its own. Signals only set flags:
 the first SIGINT/SIGTERM is a warm stop (no new claims; children get SIGTERM, checkpoint and
 exit 75, and are requeued without losing an attempt), the second a cold stop (SIGKILL to every
 child group, requeued the same way).

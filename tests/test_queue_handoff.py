@@ -198,3 +198,26 @@ def test_idle_workers_and_a_trickle_of_jobs_run_each_exactly_once(db_url, tmp_pa
             assert handed == 0
         else:
             assert handed > n // 3, f"only {handed} of {n} starts were hand-overs"
+
+
+@pytest.mark.postgres
+def test_an_idle_daemon_is_handed_a_job_enqueued_elsewhere(pg_url, tmp_path):
+    """`refinery daemon` on PostgreSQL waits in the queue between turns, not on its own 0.5 s tick: a job enqueued
+    by another process is handed to it at the enqueue (its events say so), and SIGTERM still stops it at once."""
+    from tests.agent_support import env_for
+    from tests.agent_support import settings_for as agent_settings
+    from tests.signals_support import DaemonProc
+
+    settings = agent_settings(pg_url, tmp_path, heartbeat_s=2.0)
+    daemon = DaemonProc(env_for(settings), tmp_path / "daemon.log")
+    try:
+        with Store(settings) as store:
+            wait_until(lambda: daemon.check(_offers(store)), 60, "the idle daemon's offer")
+            job = store.enqueue(None, "task", "cpu", {"argv": [sys.executable, "-c", "pass"]})
+            wait_until(lambda: daemon.check(store.get(job.id).state == State.SUCCEEDED), 30, "the job to run")
+            assert "handed over" in store.events(job.id)[1].message, daemon.text()
+        t = daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+        assert time.monotonic() - t < 10, daemon.text()
+    finally:
+        daemon.kill()
