@@ -148,9 +148,10 @@ class Cursor:
         return self.cur.fetchall()
 
     def _dicts(self) -> list[dict]:
-        if self.cur.description is None:
+        desc = self.cur.description  # psycopg builds it anew on each access (a Column per column): read it once
+        if desc is None:
             return []
-        names = [d[0] for d in self.cur.description]
+        names = [d[0] for d in desc]
         return [dict(zip(names, r)) for r in self.cur.fetchall()]
 
     def one(self, sql: str, params: dict) -> dict | None:

@@ -146,8 +146,8 @@ PG_TRIGGERS += (
     "WHEN (NEW.lane = 'cpu' AND NEW.state = 'queued') EXECUTE FUNCTION refinery_handoff()",
     f"""CREATE OR REPLACE FUNCTION refinery_job_event() RETURNS trigger AS $fn$ DECLARE o record; m text; BEGIN
         IF TG_OP = 'INSERT' AND NEW.state = 'running' THEN  -- handed over at enqueue: enqueued, then claimed
-            {_EVENT_COLS} VALUES (NEW.id, NEW.created_at, 0, NULL, 'queued', 'enqueued', NULL);
-            {_EVENT_COLS} VALUES ({_EVENT_VALUES.format(old="'queued'")});
+            {_EVENT_COLS} VALUES (NEW.id, NEW.created_at, 0, NULL, 'queued', 'enqueued', NULL),
+                ({_EVENT_VALUES.format(old="'queued'")});
             SELECT id, backend_pid INTO o FROM job_offers WHERE job_id = NEW.id;
             m := json_build_object('offer', o.id, 'job', row_to_json(NEW))::text;
             PERFORM pg_notify('{GRANT_CHANNEL}' || o.backend_pid, CASE WHEN octet_length(m) < 7900 THEN m

@@ -132,6 +132,9 @@ class Store:
             if not self.sqlite:  # PostgreSQL: our own autocommit connection, out of the pool (see _tx)
                 raw.detach()
                 raw.dbapi_connection.autocommit = True
+                # the store's statements are a fixed set: prepare each at its first run, not its sixth (psycopg's
+                # default), so a connection that has been idle since a few uses skips parsing and planning too
+                raw.dbapi_connection.prepare_threshold = 0
             c = self._local.c = (raw, raw.dbapi_connection, raw.dbapi_connection.cursor())
             with self._lock:
                 self._all.append(raw)
@@ -206,19 +209,19 @@ class Store:
                     state, note = State.BLOCKED, f"waiting on #{depends_on}"
             if held and state != State.CANCELLED:
                 state, note = State.BLOCKED, f"issue #{issue} is on hold"
-            row = cur.one(
+            rows = cur.tuples(
                 "INSERT INTO jobs (issue, kind, lane, state, priority, attempt, attempt_base, max_attempts, payload,"
                 " dedupe, depends_on, held, not_before, cancel_requested, created_at, updated_at, note, finished_at)"
                 " VALUES (:issue, :kind, :lane, :state, :priority, 0, 0, :max_attempts, :payload, :dedupe,"
                 " :depends_on, :held, 0, :false, :now, :now, :note, :finished)"
-                " ON CONFLICT (dedupe) DO NOTHING RETURNING *",
+                " ON CONFLICT (dedupe) DO NOTHING RETURNING " + ", ".join(JOB_COLUMNS),
                 {"issue": issue, "kind": kind, "lane": lane.value, "state": state.value, "priority": priority,
                  "max_attempts": max_attempts or self.settings.queue.max_attempts, "payload": self._json(payload),
                  "dedupe": dedupe, "depends_on": depends_on, "held": bool(held), "false": False, "now": now,
                  "note": note, "finished": now if state == State.CANCELLED else None})
-            if row is None:  # the same stage of the same issue is already there
+            if not rows:  # the same stage of the same issue is already there
                 return Job.from_row(cur.one("SELECT * FROM jobs WHERE dedupe = :d", {"d": dedupe}))
-            return Job.from_row(row)
+            return Job.from_values(rows[0])
 
     def enqueue_many(self, kind: str, lane: str | Lane, payloads: list[dict], priority: int = 0,
                      now: float | None = None) -> int:

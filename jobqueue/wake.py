@@ -8,12 +8,13 @@ after hours of quiet is seen as fast as one enqueued mid-burst.
 
 The hand-over (PostgreSQL, cpu lane): a worker with nothing running offers to take the next job before it waits
 (Store.wait_for_job posts a row in job_offers). An enqueue that finds a live offer and no other claimable job of
-its lane leases the new job to that worker in its own commit (the notify trigger, migrations.py) and notifies only
-it, on GRANT_CHANNEL<backend pid>. Waking, the worker withdraws its offer in one statement that also returns the
-job if the offer was taken, whichever came first, the wake or the timeout. So a start costs one durable commit,
-the enqueue's, instead of two (the enqueue, then the claim); the offers table is UNLOGGED, so posting and
-withdrawing offers never waits for the disk. The offers are written on the store's connection: the waiting
-connection only LISTENs, since psycopg may drop a notification that arrives while a statement runs.
+its lane takes it in its own transaction (migrations.py: a BEFORE INSERT trigger), so the row is born running,
+leased to that worker, and the event trigger notifies only it, on GRANT_CHANNEL<backend pid>, with the offer id
+and the row. The worker starts it from the notification. Woken by anything else, or timed out, it withdraws its
+offer in one statement that also returns the job if an enqueue took the offer meanwhile. So a start costs one
+durable commit, the enqueue's, instead of two (the enqueue, then the claim); the offers table is UNLOGGED, so
+posting and withdrawing offers never waits for the disk. Offers are written on the store's connection: the
+waiting connection only LISTENs, since psycopg may drop a notification that arrives while a statement runs.
 """
 
 from __future__ import annotations
