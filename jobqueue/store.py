@@ -135,6 +135,9 @@ class Store:
                 # the store's statements are a fixed set: prepare each at its first run, not its sixth (psycopg's
                 # default), so a connection that has been idle since a few uses skips parsing and planning too
                 raw.dbapi_connection.prepare_threshold = 0
+                # and plan them (and the triggers' statements) once: custom plans, PostgreSQL's choice for the first
+                # five runs of each, replan every time and doubled a hand-over's server time (0.26 against 0.51 ms)
+                raw.dbapi_connection.execute("SET plan_cache_mode = force_generic_plan")
             c = self._local.c = (raw, raw.dbapi_connection, raw.dbapi_connection.cursor())
             with self._lock:
                 self._all.append(raw)
