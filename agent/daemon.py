@@ -28,9 +28,10 @@ from agent import sdnotify
 from agent.intake import Intake
 from agent.outbox import Delivery, Outbox, Sender
 from agent.tracker import Tracker, TrackerError, TrackerUnavailable, make_tracker
+from jobqueue.errors import unreachable
 from jobqueue.models import Job, Lane, State
 from jobqueue.outbox import IntakeMemory, KeyValue, OutboxStore
-from jobqueue.store import Store, unreachable
+from jobqueue.store import Store
 
 log = logging.getLogger("refinery.daemon")
 

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import sqlalchemy
+
 import config
 
-__all__ = ["IllegalTransition", "LeaseLost", "QueueBusy", "QueueUnavailable", "UnknownJob"]
+__all__ = ["IllegalTransition", "LeaseLost", "QueueBusy", "QueueUnavailable", "UnknownJob", "unreachable"]
 
 
 class UnknownJob(config.RefineryError, KeyError):
@@ -34,3 +36,32 @@ class QueueUnavailable(config.RefineryError):
     """The queue database cannot be opened (server down, wrong host or credentials, a path not writable, a full
     disk, a corrupt SQLite file).
     Fix: check REFINERY_DB_URL and that the server runs (or the directory is writable)."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether exc means the queue database cannot be reached right now (server down or restarting, the connection
+    terminated, SQLite's disk full): a condition to wait out, not a bug."""
+    import psycopg
+
+    if isinstance(exc, (QueueUnavailable, ConnectionError, psycopg.OperationalError)):
+        return True
+    if isinstance(exc, sqlalchemy.exc.OperationalError) and any(  # SQLite on a full or failing disk
+            m in str(exc.orig) for m in ("database or disk is full", "disk I/O error", "unable to open database")):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError))
+
+
+def free_note(url: str) -> str:
+    """For a SQLite file: the free space where it lives (a full disk reads as "disk I/O error" on opening)."""
+    import shutil
+    from pathlib import Path
+
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        return ""
+    where = Path(url.split("sqlite:///", 1)[1].split("?", 1)[0]).parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return ""
+    return f"; {free / 1e6:.1f} MB free on {where}" + (" (the disk is full: free space there)" if free == 0 else "")

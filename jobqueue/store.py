@@ -32,42 +32,14 @@ from jobqueue.db import Cursor as _Cursor
 from jobqueue.db import init_db, is_sqlite, make_engine, normalise_url
 from jobqueue.db import unique_violation as _unique_violation
 from jobqueue.errors import IllegalTransition, LeaseLost, QueueBusy, QueueUnavailable, UnknownJob
+from jobqueue.errors import free_note as _free_note
 from jobqueue.models import CLAIMABLE, FINAL, JOB_COLUMNS, Event, Job, Lane, State
 from jobqueue.proc import Owner, same_process
-from jobqueue.wake import OFFER_SQL, Waiter
+from jobqueue.wake import Waiter, wait_offering
 
 
 def _wall_now(now: float | None) -> float:
     return time.time() if now is None else now
-
-
-def unreachable(exc: BaseException) -> bool:
-    """Whether exc means the queue database cannot be reached right now (server down or restarting, the connection
-    terminated, SQLite's disk full): a condition to wait out, not a bug."""
-    import psycopg
-
-    if isinstance(exc, (QueueUnavailable, ConnectionError, psycopg.OperationalError)):
-        return True
-    if isinstance(exc, sqlalchemy.exc.OperationalError) and any(  # SQLite on a full or failing disk
-            m in str(exc.orig) for m in ("database or disk is full", "disk I/O error", "unable to open database")):
-        return True
-    return isinstance(exc, sqlalchemy.exc.DBAPIError) and (
-        exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError))
-
-
-def _free_note(url: str) -> str:
-    """For a SQLite file: the free space where it lives (a full disk reads as "disk I/O error" on opening)."""
-    import shutil
-    from pathlib import Path
-
-    if not url.startswith("sqlite:///") or ":memory:" in url:
-        return ""
-    where = Path(url.split("sqlite:///", 1)[1].split("?", 1)[0]).parent
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:
-        return ""
-    return f"; {free / 1e6:.1f} MB free on {where}" + (" (the disk is full: free space there)" if free == 0 else "")
 
 
 class Store:
@@ -615,44 +587,14 @@ class Store:
         on PostgreSQL, PRAGMA data_version on SQLite)."""
         return self._waiter.wait(timeout)
 
-    _TAKE = ("WITH o AS (DELETE FROM job_offers WHERE id = :oid RETURNING job_id) SELECT o.job_id, "
-             + ", ".join("j." + c for c in JOB_COLUMNS) + " FROM o LEFT JOIN jobs j ON j.id = o.job_id"
-             " AND j.state = 'running' AND j.owner_host = :host AND j.owner_pid = :pid")
-
     def wait_for_job(self, lane: str | Lane, owner: Owner, timeout: float) -> Job | None:
-        """wait_for_work, offering to take the next job enqueued on `lane` (PostgreSQL, cpu lane; wake.py: the
-        hand-over). Returns the job handed over, leased to `owner` as a claim would have, or None: woken by
-        other work, or timed out (claim as usual). Only a worker with a free slot may offer."""
+        """wait_for_work, offering to take the next job enqueued on `lane` (PostgreSQL, cpu lane: the hand-over,
+        wake.py). Returns the job handed over, leased to `owner` as a claim would have, or None: woken by other
+        work, or timed out (claim as usual). Only a worker with a free slot may offer."""
         lane = Lane(lane)
         ident = None if self.sqlite or lane != Lane.CPU else self._waiter.listening()
         if ident is None:
             self.wait_for_work(timeout)
             return None
-        now = time.time()
-        with self._tx(single=True) as cur:
-            (oid,), = cur.tuples(OFFER_SQL, {
-                "lane": lane.value, "host": owner.host, "boot": owner.boot, "pid": owner.pid, "start": owner.start,
-                "lease_s": self._lease_s(lane), "note": f"claimed by {owner.label} (handed over at enqueue)",
-                "bpid": ident[0], "bstart": ident[1], "now": now})
-        woke = None
-        try:
-            woke = self._waiter.wait_grant(timeout)
-        finally:
-            t_take = time.perf_counter()
-            granted = isinstance(woke, dict) and woke.get("offer") == oid and "job" in woke
-            if not granted:  # withdraw the offer; if an enqueue took it (while we woke, or too big to send), ours
-                job = self._withdraw(oid, owner)
-        if granted:  # the row came with the notification; the taken offer is cleared by our next one
-            job = Job.from_values([woke["job"][c] for c in JOB_COLUMNS])
-        self.take_s = time.perf_counter() - t_take  # the bench reports it beside the claim call
+        job, self.take_s = wait_offering(self, lane, owner, ident, timeout)
         return job
-
-    def _withdraw(self, oid: int, owner: Owner) -> Job | None:
-        args = {"oid": oid, "host": owner.host, "pid": owner.pid}
-        with self._tx(single=True) as cur:
-            got = cur.tuples(self._TAKE, args)
-            if got and got[0][0] is not None and got[0][1] is None:  # taken as we withdrew: a fresh snapshot
-                got = [(got[0][0], *v) for v in cur.tuples(
-                    f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = :jid AND state = 'running'"
-                    " AND owner_host = :host AND owner_pid = :pid", {**args, "jid": got[0][0]})]
-        return Job.from_values(got[0][1:]) if got and got[0][1] is not None else None

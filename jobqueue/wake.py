@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import time
 
+from jobqueue.models import JOB_COLUMNS, Job
+
 NOTIFY_CHANNEL = "refinery_jobs"  # migrations.py's notify trigger sends on it, Waiter listens
 GRANT_CHANNEL = "refinery_grant_"  # + the waiting session's backend pid: a job was handed over to it
 
@@ -37,6 +39,9 @@ OFFER_SQL = ("WITH gone AS (DELETE FROM job_offers f WHERE f.backend_pid = :bpid
              " INSERT INTO job_offers (lane, owner_host, owner_boot, owner_pid, owner_start, lease_s, note,"
              " backend_pid, backend_start, created_at) VALUES (:lane, :host, :boot, :pid, :start, :lease_s, :note,"
              " :bpid, :bstart, :now) RETURNING id")
+TAKE_SQL = ("WITH o AS (DELETE FROM job_offers WHERE id = :oid RETURNING job_id) SELECT o.job_id, "
+            + ", ".join("j." + c for c in JOB_COLUMNS) + " FROM o LEFT JOIN jobs j ON j.id = o.job_id"
+            " AND j.state = 'running' AND j.owner_host = :host AND j.owner_pid = :pid")
 
 
 class Waiter:
@@ -109,3 +114,36 @@ class Waiter:
                                    ).fetchone()
         conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(f"{GRANT_CHANNEL}{self._ident[0]}")))
         return conn
+
+
+def wait_offering(store, lane, owner, ident: tuple[int, object], timeout: float) -> tuple[Job | None, float]:
+    """Store.wait_for_job on PostgreSQL: post an offer, wait, and take the job handed over (from the notification,
+    or from the withdrawal if an enqueue took the offer meanwhile). Returns (the job or None, seconds from waking
+    to holding it: the bench's start call)."""
+    with store._tx(single=True) as cur:
+        (oid,), = cur.tuples(OFFER_SQL, {
+            "lane": lane.value, "host": owner.host, "boot": owner.boot, "pid": owner.pid, "start": owner.start,
+            "lease_s": store._lease_s(lane), "note": f"claimed by {owner.label} (handed over at enqueue)",
+            "bpid": ident[0], "bstart": ident[1], "now": time.time()})
+    woke = job = None
+    try:
+        woke = store._waiter.wait_grant(timeout)
+    finally:
+        t_take = time.perf_counter()
+        granted = isinstance(woke, dict) and woke.get("offer") == oid and "job" in woke
+        if not granted:  # withdraw the offer; if an enqueue took it (while we woke, or too big to send), ours
+            job = _withdraw(store, oid, owner)
+    if granted:  # the row came with the notification; the taken offer is cleared by our next one
+        job = Job.from_values([woke["job"][c] for c in JOB_COLUMNS])
+    return job, time.perf_counter() - t_take
+
+
+def _withdraw(store, oid: int, owner) -> Job | None:
+    args = {"oid": oid, "host": owner.host, "pid": owner.pid}
+    with store._tx(single=True) as cur:
+        got = cur.tuples(TAKE_SQL, args)
+        if got and got[0][0] is not None and got[0][1] is None:  # taken as we withdrew: a fresh snapshot sees it
+            got = [(got[0][0], *v) for v in cur.tuples(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = :jid AND state = 'running'"
+                " AND owner_host = :host AND owner_pid = :pid", {**args, "jid": got[0][0]})]
+    return Job.from_values(got[0][1:]) if got and got[0][1] is not None else None

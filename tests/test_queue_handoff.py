@@ -115,13 +115,18 @@ def test_gpu_and_blocked_jobs_are_never_handed_over(pg_url, tmp_path):
         owner = Owner.current("testhost")
         first = enqueuer.enqueue(7, "smoke", "cpu", {}, key="a")
         enqueuer.claim("cpu", owner)  # running: its dependent below is blocked
-        t, got = _wait_in_thread(waiting, owner, 1.0)
+        t, got = _wait_in_thread(waiting, owner, 10.0)
         wait_until(lambda: _offers(enqueuer), 10, "the offer")
-        gpu = enqueuer.enqueue(None, "task", "gpu", {})
-        blocked = enqueuer.enqueue(7, "ablation", "cpu", {}, depends_on=first.id, key="b")
+        blocked = enqueuer.enqueue(7, "ablation", "cpu", {}, depends_on=first.id, key="b")  # born blocked: no wake
+        enqueuer.hold_issue(9)  # an issue labelled blocked: its jobs are born blocked too
+        held = enqueuer.enqueue(9, "smoke", "cpu", {}, key="c")
+        assert len(_offers(enqueuer)) == 1 and _offers(enqueuer)[0][1] is None  # still open, nothing taken
+        gpu = enqueuer.enqueue(None, "task", "gpu", {})  # notifies: the waiter wakes
         t.join()
         assert got["job"] is None
-        assert enqueuer.get(gpu.id).state == State.QUEUED and enqueuer.get(blocked.id).state == State.BLOCKED
+        assert enqueuer.get(gpu.id).state == State.QUEUED
+        assert enqueuer.get(blocked.id).state == State.BLOCKED and enqueuer.get(held.id).state == State.BLOCKED
+        assert _offers(enqueuer) == []  # withdrawn, not taken
 
 
 @pytest.mark.postgres

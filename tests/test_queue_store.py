@@ -353,7 +353,7 @@ def test_unreachable_tells_an_outage_from_a_bug(tmp_path):
     """The daemon waits out an unreachable queue database with one log line; a real error keeps its traceback."""
     import sqlalchemy
 
-    from jobqueue.store import unreachable
+    from jobqueue.errors import unreachable
 
     gone = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/no/such/dir/q.db")
     with pytest.raises(sqlalchemy.exc.OperationalError) as e:
