@@ -314,12 +314,9 @@ class Daemon:
         and always on SQLite (whose waiter re-reads the database every 2 ms), on the kick that a poll which enqueued
         work, a signal or SIGHUP sets. Either way a signal is seen within `timeout`."""
         if not self.store.sqlite and not self.worker.busy and not self.kick.is_set() and not self.stop_event.is_set():
-            try:
-                self.worker.idle(timeout)
-            finally:
-                self.kick.clear()
-            return
-        self.kick.wait(timeout)
+            self.worker.idle(timeout)
+        else:
+            self.kick.wait(timeout)
         self.kick.clear()
 
     def serve(self, install_signals: bool = True) -> int:

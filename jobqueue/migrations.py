@@ -190,7 +190,8 @@ def _v2_to_v3(conn: Connection) -> None:
 
 
 def _v3_to_v4(conn: Connection) -> None:
-    """v4 (PostgreSQL): the job_offers table and the hand-over in the notify trigger; upgrade() makes both."""
+    """v4 (PostgreSQL): the job_offers table, the hand-over trigger and the event trigger that notifies the
+    worker handed a job; upgrade() makes them."""
 
 
 STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}  # version v → v + 1
