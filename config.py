@@ -325,17 +325,26 @@ class Settings:
         return self.model.r_eval or self.model.r_mean
 
     @property
-    def cpu_workers(self) -> int:
+    def cpu_worker_count(self) -> int:
+        """queue.cpu_workers, or the default for this machine when it is 0."""
         return self.queue.cpu_workers or _cpu_workers_default()
 
     @property
-    def host_name(self) -> str:
+    def host(self) -> str:
+        """queue.host_name, or this machine's host name when it is empty."""
         import socket
         return self.queue.host_name or socket.gethostname()
 
     @property
-    def db_url(self) -> str:
-        """The queue URL with a relative SQLite path made absolute under the repository."""
+    def runs_path(self) -> Path:
+        """queue.runs_dir as an absolute path (relative paths are under the repository). The one place the
+        runs directory is derived: run directories, locks, specs, the outbox's files, runs/agent/."""
+        p = Path(self.queue.runs_dir)
+        return p if p.is_absolute() else ROOT / p
+
+    @property
+    def queue_url(self) -> str:
+        """queue.db_url with a relative SQLite path made absolute under the repository."""
         url = self.queue.db_url
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
@@ -623,7 +632,7 @@ def describe(settings: Settings) -> list[dict[str, str]]:
     return rows + [
         {"section": "derived", "field": "dims", "value": settings.dims, "range": "",
          "source": "preset " + settings.model.preset},
-        {"section": "derived", "field": "cpu_workers", "value": settings.cpu_workers, "range": "",
+        {"section": "derived", "field": "cpu_workers", "value": settings.cpu_worker_count, "range": "",
          "source": "queue.cpu_workers"},
         {"section": "secret", "field": "github token", "range": "", "source": "env/file",
          "value": "set" if read_github_token(settings=settings) else "not set"}]

@@ -15,6 +15,9 @@ issues (a history: one update a minute), with the real `refinery daemon` as a ch
                            cycle. Target ≤ poll_interval + 2 s.
 
 The first poll (a full read of the open issues) is reported apart: it is paid once per database.
+
+Dev-only dependency: the GitHub-speaking server is the test suite's (tests/ghserver.py), taken from a
+checkout, never installed; so this benchmark runs from a clone (as `make bench` does), not from a wheel.
 """
 
 from __future__ import annotations
@@ -72,7 +75,11 @@ def naive_requests_per_poll(srv, token: str) -> int:
 
 
 def run(quick: bool) -> dict:
-    from tests.ghserver import GitHubServer
+    try:  # the dev-only dependency named in the docstring: imported here so nothing else in agent/ needs tests/
+        from tests.ghserver import GitHubServer
+    except ImportError as e:
+        raise config.RefineryError(f"agent.bench needs the test suite's GitHub-speaking server ({e}); "
+                                   "run it from a clone of the repository, where tests/ghserver.py is") from e
 
     token = "ghp_" + "B3nchmark" * 4
     poll = 3.0 if quick else 10.0

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from experiments import corpus
-from experiments.stage import Ctx, Stopped
+from experiments.context import Ctx, Stopped
 from experiments.tasks import make_task
 from experiments.train import depth_curve, eval_r_max, level_cap, tensors
 from refiner_model.checkpoint import load_checkpoint, save_checkpoint

@@ -30,6 +30,9 @@ from typing import Any
 from config import ROOT
 
 RESULT = "result.json"
+PROGRESS = "progress.json"
+METRICS = "metrics.jsonl"
+PLOTS = "plots"
 
 
 def _git(*args: str) -> str | None:
@@ -100,7 +103,7 @@ class Run:
     def __init__(self, path: Path | str, echo: bool = False):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "plots").mkdir(exist_ok=True)
+        (self.path / PLOTS).mkdir(exist_ok=True)
         self.echo = echo
         self.t0 = time.time()
         self._last_progress = 0.0
@@ -113,7 +116,7 @@ class Run:
             print(line, file=sys.stderr, flush=True)
 
     def metric(self, rec: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
+        with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(rec, default=_jsonable) + "\n")
 
     def progress(self, done: float, total: float, what: str = "", force: bool = False) -> None:
@@ -123,7 +126,7 @@ class Run:
         self._last_progress = now
         el = now - self.t0
         eta = el / done * (total - done) if done > 0 else None
-        write_json_atomic(self.path / "progress.json", {"done": done, "total": total, "what": what,
+        write_json_atomic(self.path / PROGRESS, {"done": done, "total": total, "what": what,
                                                          "elapsed_s": round(el, 1),
                                                          "eta_s": round(eta, 1) if eta is not None else None})
 
@@ -154,3 +157,48 @@ def read_result(run_dir: Path | str) -> dict[str, Any] | None:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------- readers (the daemon's side)
+def read_progress(run_dir: Path | str | None) -> dict[str, Any] | None:
+    """progress.json with `age_s` (seconds since it was written); None before the first tick."""
+    if not run_dir:
+        return None
+    p = Path(run_dir) / PROGRESS
+    try:
+        doc = json.loads(p.read_text())
+        age = time.time() - os.stat(p).st_mtime
+    except (OSError, ValueError):
+        return None
+    return {**doc, "age_s": age} if isinstance(doc, dict) else None
+
+
+def error_reason(run_dir: Path | str | None) -> str:
+    """The ERROR reason a stage wrote in its result.json ('' when it wrote none: a crash, a kill)."""
+    res = read_result(run_dir) if run_dir else None
+    return str(res.get("reason") or "") if isinstance(res, dict) and res.get("verdict") == "ERROR" else ""
+
+
+def last_metrics(run_dir: Path | str, tail_bytes: int = 8192) -> dict | None:
+    """The last JSON line of run_dir/metrics.jsonl (read from the end: the file can be long)."""
+    try:
+        with open(Path(run_dir) / METRICS, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            return rec
+    return None
+
+
+def plot_files(run_dir: Path | str | None) -> list[Path]:
+    """The plots a stage wrote, sorted by name."""
+    return sorted(Path(run_dir).glob(f"{PLOTS}/*.png")) if run_dir else []

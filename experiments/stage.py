@@ -23,46 +23,26 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from config import RefineryError, Settings
+from experiments.context import Ctx, Stopped
 from experiments.runs import Run
 from experiments.spec import SpecError, SpecResult, parse_spec
 
 STAGES = ("smoke", "ablation", "replication", "full")
-EX_TEMPFAIL = 75
+STAGE_MODULE = "experiments.stage"  # the entry point stage_argv names (the pipeline tests put a scripted stand-in here)
+EX_TEMPFAIL = os.EX_TEMPFAIL  # 75: stopped warm, resume me
 EX_ERROR = 3  # result.json says ERROR: the queue retries the job with back-off (not a verdict on the idea)
-REPLICATION_SEED_OFFSET = 10_000  # replication seeds never overlap the ablation's (base … base + 2n)
 
 
-class Stopped(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """SIGTERM arrived: the stage saved what it had and exits 75 (resume me)."""
-
-
-class Ctx:
-    """What a stage needs: settings, the run directory, a stop flag and a progress hook."""
-
-    def __init__(self, settings: Settings, run: Run, spec: dict, prereg: dict | None = None,
-                 seed_base: int | None = None, progress: Callable[[float, float, str], None] | None = None,
-                 issue: int | None = None):
-        self.settings, self.run, self.spec, self.prereg = settings, run, spec, prereg
-        self.seed_base = settings.train.seed if seed_base is None else seed_base
-        self.issue = issue
-        self.stop_requested = False
-        self._progress = progress
-        self.done_units, self.total_units = 0.0, 1.0
-
-    def check_stop(self) -> None:
-        if self.stop_requested:
-            raise Stopped()
-
-    def tick(self, done: float, what: str = "") -> None:
-        self.done_units = done
-        self.run.progress(done, self.total_units, what)
-        if self._progress:
-            self._progress(done, self.total_units, what)
+def stage_argv(stage: str, spec_file: str | Path, *extra: str) -> list[str]:
+    """The one command line of a stage child, as the queue stores it: the runner fills in {python} (its own
+    interpreter), {run_dir} and {job_id}. `extra`: further options (ablation: --extend-from DIR)."""
+    assert stage in STAGES, stage
+    return ["{python}", "-m", STAGE_MODULE, stage, "--spec", str(spec_file), "--run-dir", "{run_dir}",
+            "--job-id", "{job_id}", *extra]
 
 
 # --------------------------------------------------------------------------- spec loading
@@ -215,10 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     if code == 0 and result.get("verdict") == "ERROR":
         return EX_ERROR
     return code
-
-
-def seeds_for(ctx: Ctx, n: int, offset: int = 0) -> list[int]:
-    return [ctx.seed_base + offset + i for i in range(n)]
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from experiments import gate, plots
-from experiments.stage import REPLICATION_SEED_OFFSET, Ctx, seeds_for
+from experiments.context import REPLICATION_SEED_OFFSET, Ctx, seeds_for
 from experiments.train import eval_r_max, run_many, stage_jobs, tensors, train_task
 
 

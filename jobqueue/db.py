@@ -17,29 +17,25 @@ SQLite (the default) is tuned for a queue that several processes write at once:
 
 PostgreSQL (psycopg 3) runs at READ COMMITTED; claims use FOR UPDATE SKIP LOCKED (store.py).
 
-Other packages may define tables on `Base` in their own modules under jobqueue/ (outbox.py,
-local_tracker.py); `init_db` imports them so `create_all` makes them too.
+Schema creation and upgrades live in migrations.py (`init_db`); other packages keep their tables on a
+base of their own and make them with `migrations.create_tables`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import DeclarativeBase
 
 import config
-
-# Modules under jobqueue/ that add tables to Base; imported (if present) before create_all.
-TABLE_MODULES = ("jobqueue.models", "jobqueue.outbox", "jobqueue.local_tracker")
 
 _READ = "refinery_read"  # execution option: this transaction only reads (plain deferred BEGIN on SQLite)
 
 
 class Base(DeclarativeBase):
-    """Every refinery table derives from this one Base (one metadata, one create_all)."""
+    """Every queue table derives from this Base (one metadata, one create_all)."""
 
 
 def is_sqlite(engine_or_url) -> bool:
@@ -55,9 +51,9 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(url: str | None = None, settings: config.Settings | None = None) -> Engine:
-    """An engine for `url` (default: settings.db_url) with the pragmas and BEGIN rules above."""
+    """An engine for `url` (default: settings.queue_url) with the pragmas and BEGIN rules above."""
     settings = settings or config.load()
-    url = normalise_url(url or settings.db_url)
+    url = normalise_url(url or settings.queue_url)
     q = settings.queue
     if not is_sqlite(url):
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
@@ -101,28 +97,6 @@ def read_tx(engine: Engine) -> Iterator:
     """A Core connection inside a read-only transaction (deferred BEGIN: no write lock)."""
     with engine.connect().execution_options(**{_READ: True}) as conn, conn.begin():
         yield conn
-
-
-@contextmanager
-def session_scope(engine: Engine, write: bool = True) -> Iterator[Session]:
-    """An ORM Session in one transaction: commit on success, rollback on error, always closed.
-    write=False opens a read transaction (no write lock on SQLite)."""
-    bind = engine if write else engine.execution_options(**{_READ: True})
-    with Session(bind, expire_on_commit=False) as session, session.begin():
-        yield session
-
-
-def init_db(engine: Engine) -> None:
-    """Create missing tables and upgrade an older schema in place (jobs kept). Idempotent."""
-    for name in TABLE_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-    from jobqueue import migrations
-
-    migrations.upgrade(engine)
 
 
 class Cursor:

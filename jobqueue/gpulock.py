@@ -30,16 +30,11 @@ import filelock
 
 import config
 
-EX_TEMPFAIL = 75
-
-
-def runs_root(settings: config.Settings) -> Path:
-    p = Path(settings.queue.runs_dir)
-    return p if p.is_absolute() else config.ROOT / p
+EX_TEMPFAIL = os.EX_TEMPFAIL  # 75: "try again later" (sysexits.h)
 
 
 def lock_path(settings: config.Settings, device: str) -> Path:
-    d = Path(os.environ["QUEUE_LOCK_DIR"]) if os.environ.get("QUEUE_LOCK_DIR") else runs_root(settings) / "locks"
+    d = Path(os.environ["QUEUE_LOCK_DIR"]) if os.environ.get("QUEUE_LOCK_DIR") else settings.runs_path / "locks"
     d.mkdir(parents=True, exist_ok=True)
     return d / f"gpu{device}.lock"
 

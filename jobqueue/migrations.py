@@ -2,8 +2,8 @@
 
 The schema_version table holds one number. `upgrade(engine)`:
   - empty database → create_all, record SCHEMA_VERSION;
-  - older version  → run each STEPS[v] (v → v+1) in order, then create_all (new tables of
-    other modules), record the new version, all in one write transaction, so a crash
+  - older version  → run each STEPS[v] (v → v+1) in order, then create_all (tables added since),
+    record the new version, all in one write transaction, so a crash
     mid-upgrade leaves the old schema intact;
   - newer version  → SchemaTooNew (an older release must not write a newer database).
 Two processes upgrading at once serialise on the write lock (SQLite BEGIN IMMEDIATE) or on
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, inspect, text
 
 import config
 from jobqueue.db import Base, is_sqlite, write_tx
-from jobqueue.models import CLAIMABLE
+from jobqueue.models import CLAIMABLE, SCHEMA_VERSION
 from jobqueue.wake import GRANT_CHANNEL, NOTIFY_CHANNEL, OFFER_LIVE, OFFERS_DDL
 
 _LOCK_KEY = 0x7265_6669  # "refi": PostgreSQL advisory lock id for schema changes
@@ -208,8 +208,6 @@ def current_version(conn: Connection) -> int | None:
 
 def upgrade(engine: Engine) -> int:
     """Bring the database to SCHEMA_VERSION (see module docstring); returns the version."""
-    from jobqueue.models import SCHEMA_VERSION
-
     with write_tx(engine) as conn:
         if not is_sqlite(engine):
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
@@ -220,7 +218,7 @@ def upgrade(engine: Engine) -> int:
         if v is not None:
             for step in range(v, SCHEMA_VERSION):
                 STEPS[step](conn)
-        Base.metadata.create_all(conn)  # new databases, and new tables of other modules
+        Base.metadata.create_all(conn)  # new databases, and tables added since
         if v != SCHEMA_VERSION:
             create_triggers(conn)
         if v != SCHEMA_VERSION:
@@ -228,3 +226,17 @@ def upgrade(engine: Engine) -> int:
             conn.execute(text("INSERT INTO schema_version (id, version, upgraded_at) VALUES (1, :v, :t)"),
                          {"v": SCHEMA_VERSION, "t": time.time()})
     return SCHEMA_VERSION
+
+
+def init_db(engine: Engine) -> None:
+    """Create missing queue tables and upgrade an older schema in place (jobs kept). Idempotent."""
+    upgrade(engine)
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """Create the missing tables of another package's `metadata` (the agent's) on the queue's database, under
+    the same lock as a schema upgrade, so processes starting at once do not race."""
+    with write_tx(engine) as conn:
+        if not is_sqlite(engine):
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+        metadata.create_all(conn)

@@ -8,7 +8,7 @@
 Times are float seconds since the epoch (UTC), the same on SQLite and PostgreSQL, so the
 store compares them with plain arithmetic and tests pass `now` in.
 
-The state machine (TRANSITIONS): a job is born queued (or blocked, when it waits on another job
+The state machine (the store's UPDATEs enforce it): a job is born queued (or blocked, when it waits on another job
 or its issue is held); a claim moves queued → running and increments `attempt`, the fencing
 token; running ends succeeded, failed, cancelled, or retrying (an attempt failed and another
 is due after a back-off), which turns queued again when the back-off has passed.
@@ -16,7 +16,6 @@ is due after a back-off), which turns queued again when the back-off has passed.
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,39 +25,9 @@ from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String,
 from sqlalchemy.orm import Mapped, mapped_column
 
 from jobqueue.db import Base
+from jobqueue.states import FINAL, LIVE, Lane, State  # noqa: F401 - the queue's vocabulary, re-exported
 
 SCHEMA_VERSION = 4  # bump with a step in migrations.py
-
-
-class State(enum.StrEnum):
-    QUEUED = "queued"        # waiting for a worker of its lane
-    BLOCKED = "blocked"      # waiting on another job (depends_on) or on its issue (held)
-    RUNNING = "running"      # leased to one owner; `attempt` is the fencing token
-    RETRYING = "retrying"    # an attempt failed; queued again once not_before has passed
-    SUCCEEDED = "succeeded"  # done, result written
-    FAILED = "failed"        # out of attempts, or failed for good
-    CANCELLED = "cancelled"  # stopped by a person (or its dependency failed)
-
-
-class Lane(enum.StrEnum):
-    GPU = "gpu"      # one job per GPU device, serial; also under the GPU file lock
-    CPU = "cpu"      # up to cpu_workers jobs at once
-    AGENT = "agent"  # claimed from outside by a coding agent (`refinery queue claim`)
-
-
-KINDS = ("smoke", "ablation", "replication", "full", "agent", "task")
-FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
-
-# Legal transitions; Store raises IllegalTransition for any other.
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.QUEUED: frozenset({State.RUNNING, State.BLOCKED, State.CANCELLED}),
-    State.BLOCKED: frozenset({State.QUEUED, State.CANCELLED}),
-    State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.RETRYING, State.QUEUED}),
-    State.RETRYING: frozenset({State.RUNNING, State.QUEUED, State.BLOCKED, State.CANCELLED}),
-    State.SUCCEEDED: frozenset(),
-    State.FAILED: frozenset({State.QUEUED}),      # `queue retry`: a person asks again
-    State.CANCELLED: frozenset({State.QUEUED}),   # `queue retry`
-}
 
 
 CLAIMABLE = "state IN ('queued', 'retrying')"  # retrying rows wait for not_before

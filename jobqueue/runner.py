@@ -31,7 +31,7 @@ from jobqueue import gpulock
 from jobqueue.models import Job, Lane
 from jobqueue.proc import start_time
 
-EX_TEMPFAIL = 75
+EX_TEMPFAIL = os.EX_TEMPFAIL  # 75: "try again later" (sysexits.h)
 LOG_TAIL_CHARS = 3000
 
 # The child's environment: these names, plus names with these prefixes, minus anything secret.
@@ -88,7 +88,7 @@ def wall_setting(job: Job) -> str:
 def new_run_dir(job: Job, settings: config.Settings, now: float) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     name = f"{stamp}-i{job.issue}-{job.kind}-{job.id}" if job.issue is not None else f"{stamp}-{job.kind}-{job.id}"
-    return gpulock.runs_root(settings) / name
+    return settings.runs_path / name
 
 
 @dataclass
@@ -143,10 +143,10 @@ def start(job: Job, settings: config.Settings, device: str | None, now: float) -
     (run_dir / "result.json").unlink(missing_ok=True)  # a result left by an earlier attempt must not count
     with open(run_dir / "log.txt", "ab") as log:
         if moved:
-            log.write(f"=== job {job.id}: its run directory {job.run_dir} is not writable on {settings.host_name} "
+            log.write(f"=== job {job.id}: its run directory {job.run_dir} is not writable on {settings.host} "
                       f"(another host's path?); continuing in this one\n".encode())
         log.write(f"=== job {job.id} attempt {job.attempt} started {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                  f"on {settings.host_name}{f' gpu {device}' if device is not None else ''}: "
+                  f"on {settings.host}{f' gpu {device}' if device is not None else ''}: "
                   f"{' '.join(argv)}\n".encode())
         log.flush()
         try:

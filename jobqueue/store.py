@@ -29,10 +29,11 @@ import sqlalchemy
 
 import config
 from jobqueue.db import Cursor as _Cursor
-from jobqueue.db import init_db, is_sqlite, make_engine, normalise_url
+from jobqueue.db import is_sqlite, make_engine, normalise_url
 from jobqueue.db import unique_violation as _unique_violation
 from jobqueue.errors import IllegalTransition, LeaseLost, QueueBusy, QueueUnavailable, UnknownJob
 from jobqueue.errors import free_note as _free_note
+from jobqueue.migrations import init_db
 from jobqueue.models import CLAIMABLE, FINAL, JOB_COLUMNS, Event, Job, Lane, State
 from jobqueue.proc import Owner, same_process
 from jobqueue.wake import Waiter, wait_offering
@@ -43,18 +44,18 @@ def _wall_now(now: float | None) -> float:
 
 
 class Store:
-    """The queue's one door. `Store(url)`, `Store(settings)` or `Store()` (settings.db_url)."""
+    """The queue's one door. `Store(url)`, `Store(settings)` or `Store()` (settings.queue_url)."""
 
     def __init__(self, url_or_settings: str | config.Settings | None = None, settings: config.Settings | None = None):
         if isinstance(url_or_settings, config.Settings):
-            settings, url = url_or_settings, url_or_settings.db_url
+            settings, url = url_or_settings, url_or_settings.queue_url
         else:
             settings = settings or config.load()
-            url = url_or_settings or settings.db_url
+            url = url_or_settings or settings.queue_url
         self.settings = settings
         self.url = normalise_url(url)
         self.sqlite = is_sqlite(self.url)
-        self.host = settings.host_name
+        self.host = settings.host
         try:
             self.engine = make_engine(self.url, settings)
             init_db(self.engine)

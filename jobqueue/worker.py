@@ -50,9 +50,9 @@ class Worker:
         self.store = store
         self.settings = settings or store.settings
         q = self.settings.queue
-        self.owner = Owner.current(self.settings.host_name)
+        self.owner = Owner.current(self.settings.host)
         self.devices = [d.strip() for d in q.gpu_devices.split(",") if d.strip()] if "gpu" in lanes else []
-        self.cpu_slots = self.settings.cpu_workers if "cpu" in lanes else 0
+        self.cpu_slots = self.settings.cpu_worker_count if "cpu" in lanes else 0
         self.children: dict[int, runner.Child] = {}
         self.stopping: str | None = None  # None | "warm" | "cold"
         self._next_maint = self._next_beat = self._next_cancel = 0.0
@@ -163,7 +163,7 @@ class Worker:
     def _room(self) -> bool:
         """Whether runs/ has min_free_disk_gb free, so a new job may start; said once per low spell."""
         need = self.settings.hardware.min_free_disk_gb
-        where = gpulock.runs_root(self.settings)
+        where = self.settings.runs_path
         while not where.exists() and where != where.parent:
             where = where.parent
         try:

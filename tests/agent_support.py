@@ -54,13 +54,13 @@ def _token_env(monkeypatch):
 
 
 def make_daemon(settings: config.Settings, tracker=None):
-    from agent.daemon import Daemon
+    from agent.daemon.loop import Daemon
     from jobqueue.store import Store
 
     store = Store(settings)
     if tracker is None and settings.daemon.tracker == "github":
-        from agent.github_tracker import GitHubTracker
-        from jobqueue.outbox import KeyValue
+        from agent.state.tables import KeyValue
+        from agent.trackers.github_tracker import GitHubTracker
 
         tracker = GitHubTracker(settings, KeyValue(store.engine), token=TOKEN)
     return Daemon(settings, store=store, tracker=tracker)

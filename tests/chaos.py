@@ -48,15 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import config
-from agent.pipeline import next_stage
+from agent.daemon.pipeline import next_stage
+from agent.state.tables import KeyValue, OutboxStore
 from experiments import corpus
-from jobqueue.outbox import KeyValue, OutboxStore
 from jobqueue.store import Store
 from tests.agent_support import REPO, TOKEN, env_for, settings_for
 from tests.ghserver import GitHubServer
 from tests.signals_support import kill_leftovers
 
-MARKER = re.compile(r"<!-- refinery:(\S+?) -->")  # agent.tracker.marker(key)
+MARKER = re.compile(r"<!-- refinery:(\S+?) -->")  # agent.trackers.interface.marker(key)
 COMMON = ("stage_threads = 1\ntest_examples = 100\ntasks = [\"khop\"]\nkhop_k = 1\nr_max = 2\nr_mean = 2\n"
           "ablation_steps = 10\nablation_seeds = 2\nsummod_len = 2\nfull_steps = 10\nfull_seeds = 1\n"
           "full_probe_steps = 0\neval_batches = 1\nckpt_every = 1000\neval_every = 1000\n")

@@ -11,7 +11,7 @@ from the issue title stored in SPEC.json, as words `stage=VERDICT` (default PASS
     "sleep=2"                              → each stage takes 2 s, writing progress as it goes
     "loss=2.5"                             → the full stage's candidate validation loss
 
-Tests point agent.intake.STAGE_MODULE here (monkeypatch), so the real daemon, worker, runner and
+Tests point agent.daemon.intake.STAGE_MODULE here (monkeypatch), so the real daemon, worker, runner and
 outbox run unchanged around it.
 """
 

@@ -121,7 +121,7 @@ def hammer_main(a) -> int:
 
     settings = config.load()
     store = Store(settings)
-    owner = Owner.current(settings.host_name)
+    owner = Owner.current(settings.host)
     store.counts()  # connected and warmed up
     if a.go:  # a start barrier, so every hammer really competes (not one draining the lane alone)
         Path(a.out + ".ready").touch()
@@ -151,7 +151,7 @@ def waiter_main(a) -> int:
 
     settings = config.load()
     store = Store(settings)
-    owner = Owner.current(settings.host_name)
+    owner = Owner.current(settings.host)
     got = []
     Path(a.out + ".ready").touch()
     while True:

@@ -8,7 +8,7 @@ import os
 import time
 
 import config
-from agent.daemon import Daemon
+from agent.daemon.loop import Daemon
 
 
 def test_daemon_archive_pass_moves_an_old_finished_run(tmp_path, sqlite_url):

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from agent.github_tracker import GitHubTracker
-from agent.tracker import AmbiguousWrite, TrackerError, TrackerUnavailable
-from jobqueue.db import init_db, make_engine
-from jobqueue.outbox import KeyValue
+from agent.state.tables import KeyValue
+from agent.trackers.github_tracker import GitHubTracker
+from agent.trackers.interface import AmbiguousWrite, TrackerError, TrackerUnavailable
+from jobqueue.db import make_engine
+from jobqueue.migrations import init_db
 from tests.agent_support import REPO, TOKEN, gh, settings_for  # noqa: F401 - gh is a fixture
 
 
@@ -163,7 +164,7 @@ def test_5xx_and_dropped_connections(gh, kv, tmp_path):  # noqa: F811
 
 
 def test_unreachable_github(tmp_path, kv):
-    from agent.tracker import TrackerUnavailable
+    from agent.trackers.interface import TrackerUnavailable
 
     s = settings_for("sqlite://", tmp_path, None, tracker="github", github_repo=REPO,
                      github_api_url="http://127.0.0.1:9/api/v3")
@@ -177,9 +178,9 @@ def test_unreachable_github(tmp_path, kv):
 def test_token_never_leaks(gh, kv, tmp_path, caplog):  # noqa: F811
     """A token planted in what GitHub answers, in a log line and in a comment body comes out masked."""
     from agent.cli import format_error
-    from agent.outbox import Outbox
+    from agent.daemon.outbox import Outbox
     from agent.redact import RedactingFilter, redact
-    from jobqueue.outbox import OutboxStore
+    from agent.state.tables import OutboxStore
 
     gh.create_issue("x")
     t = tracker(gh, kv, tmp_path)

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from agent.local_tracker import LocalTracker
-from jobqueue.local_tracker import LocalIssues
+from agent.state.local_tables import LocalIssues
+from agent.trackers.local_tracker import LocalTracker
 from jobqueue.models import State
 from tests.agent_support import BAD_BODY, IDEA_BODY, SLEEPER, gh, make_daemon, settings_for, wait_for  # noqa: F401
 
@@ -32,7 +32,7 @@ class World:
             self.db = LocalIssues(store.engine)
             self.db.grant("alice", "write")
             self.db.grant("mona", "admin")
-            from agent.daemon import Daemon
+            from agent.daemon.loop import Daemon
 
             self.daemon = Daemon(settings, store=store, tracker=LocalTracker(self.db))
 

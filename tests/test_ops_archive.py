@@ -18,8 +18,9 @@ import time
 import pytest
 
 import config
-from agent import archive, cli_ops
-from agent.archive import ArchiveError, DiskSpaceError
+from agent.cli import ops_cmd as cli_ops
+from agent.ops import archive
+from agent.ops.archive import ArchiveError, DiskSpaceError
 
 DAY = 86400.0
 
@@ -155,7 +156,7 @@ def test_champion_paths_follow_docs_dir_and_runs_dir(tmp_path):
 CHILD = """
 import sys, time
 from pathlib import Path
-from agent.archive import archive_run
+from agent.ops.archive import archive_run
 ready = Path(sys.argv[3])
 def progress(rel, done, total):
     ready.write_text(rel)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import sdnotify
+from agent.ops import sdnotify
 from config import ROOT
 
 
@@ -75,7 +75,7 @@ def test_abstract_namespace_socket():
 
 def test_child_process_reads_notify_socket_from_environment(notify_socket):
     env, recv, _ = notify_socket
-    code = "from agent import sdnotify; import sys; sys.exit(0 if sdnotify.ready('child') else 3)"
+    code = "from agent.ops import sdnotify; import sys; sys.exit(0 if sdnotify.ready('child') else 3)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, timeout=60)
     assert proc.returncode == 0
     assert recv() == "READY=1\nSTATUS=child"

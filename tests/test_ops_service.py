@@ -14,8 +14,9 @@ import stat
 import pytest
 
 import config
-from agent import cli_ops, service
-from agent.service import ServiceError, analyze_verify, install, render_unit
+from agent.cli import ops_cmd as cli_ops
+from agent.ops import service
+from agent.ops.service import ServiceError, analyze_verify, install, render_unit
 
 FAKE_BIN = "/usr/bin/env"  # any executable: systemd-analyze checks ExecStart's binary exists
 

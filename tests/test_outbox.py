@@ -17,9 +17,10 @@ import time
 import pytest
 
 import config
-from agent.outbox import Outbox, Sender
-from jobqueue.db import init_db, make_engine
-from jobqueue.outbox import KeyValue, OutboxStore
+from agent.daemon.outbox import Outbox, Sender
+from agent.state.tables import KeyValue, OutboxStore
+from jobqueue.db import make_engine
+from jobqueue.migrations import init_db
 from tests.agent_support import IDEA_BODY, TOKEN, env_for, gh, make_daemon, settings_for, wait_for  # noqa: F401
 
 
@@ -143,7 +144,7 @@ def test_once_when_github_is_rate_limited_or_down(gh, tmp_path, sqlite_url):  # 
 
     with Store(s) as store:
         store.enqueue(n, "smoke", "gpu", {"argv": ["true"]}, key="second")
-        from agent.outbox import Outbox as Ob
+        from agent.daemon.outbox import Outbox as Ob
 
         Ob(s, OutboxStore(store.engine)).comment(n, f"i{n}/later", "to deliver later")
     gh.exhaust(reset_in=3600)

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-import agent.intake
-from agent.outbox import STATUS_PREFIX
+import experiments.stage
+from agent.daemon.outbox import STATUS_PREFIX
 from tests.agent_support import docs_repo_with_staged_change, gh, git, make_daemon, settings_for  # noqa: F401
 
 SPEC = """Does the gate help?
@@ -46,7 +46,7 @@ def docs_repo(tmp_path):
 
 @pytest.fixture
 def fake_stage(monkeypatch):
-    monkeypatch.setattr(agent.intake, "STAGE_MODULE", "tests.pipeline_support")
+    monkeypatch.setattr(experiments.stage, "STAGE_MODULE", "tests.pipeline_support")
 
 
 def daemon_for(gh_srv, tmp_path, sqlite_url, docs_repo, **over):
@@ -248,7 +248,7 @@ def test_full_training_waits_for_a_writers_thumbs_up(gh, tmp_path, sqlite_url, d
 
 
 def test_noise_floor_runs_the_control_when_its_lane_is_idle(gh, tmp_path, sqlite_url, docs_repo):  # noqa: F811
-    """The real noise child (agent/noise.py) with budgets shrunk to seconds; off unless configured."""
+    """The real noise child (experiments/noise.py) with budgets shrunk to seconds; off unless configured."""
     tiny = {"tasks": ("khop",), "ablation_steps": 20, "test_examples": 100, "batch_size": 8, "r_max": 2,
             "r_mean": 2, "init_std": 0.1, "stage_threads": 1, "khop_k": 1}
     d = daemon_for(gh, tmp_path, sqlite_url, docs_repo, noise_floor_every_s=3600.0, noise_floor_lane="cpu",

@@ -13,8 +13,8 @@ import sys
 import time
 
 import config
-from agent.daemon import status
-from jobqueue.outbox import KeyValue, OutboxStore
+from agent.daemon.loop import status
+from agent.state.tables import KeyValue, OutboxStore
 from jobqueue.proc import Owner
 from jobqueue.store import Store
 from tests.agent_support import settings_for

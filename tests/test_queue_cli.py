@@ -14,7 +14,7 @@ import filelock
 import pytest
 
 from agent.cli import main
-from agent.cli_queue import EXIT_NOTHING
+from agent.cli.queue_cmd import EXIT_NOTHING
 from jobqueue.gpulock import gpu_lock
 from jobqueue.models import State
 from jobqueue.store import Store

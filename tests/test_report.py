@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 import config
-from agent import graveyard, report
-from agent.gitdocs import DocsCommitError
+from agent.daemon import graveyard
+from agent.reporting import report
+from agent.reporting.gitdocs import DocsCommitError
 from tests.agent_support import docs_repo_with_staged_change, git
 
 ABLATION = {
@@ -199,8 +200,8 @@ def test_the_echoed_effective_spec_parses_back_as_a_spec():
     the next idea; derived values (dims, r_eval_effective) used to be written as keys, so a copy was invalid."""
     import re
 
-    from agent.intake import queued_comment
-    from agent.tracker import Issue
+    from agent.daemon.intake import queued_comment
+    from agent.trackers.interface import Issue
     from experiments.spec import parse_spec
 
     res = parse_spec('arch = "reasoner"\n[model]\nr_max = 3\nr_mean = 2\n', config.load({}))
@@ -221,7 +222,7 @@ def test_failed_comment_leads_with_the_error_reason_and_cuts_the_log_at_a_line(t
     wrote in result.json (e.g. "corpus unavailable: ...") belongs on the first line."""
     import json
 
-    from agent.pipeline import error_reason
+    from experiments.runs import error_reason
 
     log = "".join(f"09:41:{i % 60:02d} line {i} dirty=False\n" for i in range(200))
     error = "exit code 3\n--- log tail ---\n" + log[-3000:]

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 import config
-from agent.intake import stage_argv
+from agent.state.local_tables import LocalIssues
 from experiments import corpus
-from jobqueue.local_tracker import LocalIssues
+from experiments.stage import stage_argv
 from jobqueue.store import Store
 from tests.agent_support import TOKEN, env_for, gh, settings_for, wait_for  # noqa: F401
 from tests.signals_support import DaemonProc, NotifySocket, alive, group_members, kill_leftovers, proc_env

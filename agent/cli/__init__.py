@@ -1,5 +1,12 @@
-"""The `refinery` command line. Each command group lives in its own module with a
+"""agent.cli: the `refinery` command line. Each command group lives in its own module with a
 `register(subparsers)` function; this file only assembles them and reports errors.
+
+    daemon_cmd.py  daemon, status         queue_cmd.py  queue ..., gpu-lock
+    issue_cmd.py   issue ... (local)      stage_cmd.py  smoke, ablate, train, corpus build
+    ops_cmd.py     service, archive       config_cmd.py config
+    demo.py        demo
+
+May import anything in agent/ and below; nothing imports agent.cli.
 
 Errors: a RefineryError prints its chain of causes, one line each, and exits 2; the
 traceback appears only with -v. Nothing printed here ever contains the GitHub token.
@@ -14,12 +21,12 @@ import sys
 from config import RefineryError
 
 COMMAND_MODULES = (
-    "agent.cli_config",  # config
-    "agent.cli_daemon",  # daemon, status, demo, service, archive
-    "agent.cli_ops",     # service install, archive run|verify|bench
-    "agent.cli_issue",   # issue new|ls|show|comment|label|close (local tracker)
-    "agent.cli_queue",   # queue ..., gpu-lock
-    "agent.cli_stage",   # smoke, ablate, train, corpus
+    "agent.cli.config_cmd",  # config
+    "agent.cli.daemon_cmd",  # daemon, status, demo, service, archive
+    "agent.cli.ops_cmd",     # service install, archive run|verify|bench
+    "agent.cli.issue_cmd",   # issue new|ls|show|comment|label|close (local tracker)
+    "agent.cli.queue_cmd",   # queue ..., gpu-lock
+    "agent.cli.stage_cmd",   # smoke, ablate, train, corpus
 )
 
 

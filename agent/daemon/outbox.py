@@ -1,5 +1,5 @@
 """The outbox: every comment, comment edit, status-label change and close goes to the database
-first (jobqueue/outbox.py), then one serial sender delivers it.
+first (agent/state/tables.py), then one serial sender delivers it.
 
 - Idempotent puts: each write has a key (issue, job, stage, kind); putting it again is a no-op,
   so intake or a reporter that repeats a step after a crash never doubles a comment.
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import config
 from agent.redact import redact
-from agent.tracker import Tracker, TrackerError, TrackerUnavailable, marker
-from jobqueue.outbox import DEAD, Item, KeyValue, OutboxStore
+from agent.state.tables import DEAD, Item, KeyValue, OutboxStore
+from agent.trackers.interface import Tracker, TrackerError, TrackerUnavailable, marker
 
 log = logging.getLogger("refinery.outbox")
 
@@ -62,7 +62,7 @@ class Outbox:
         limit = self.settings.daemon.comment_max_chars
         if len(body) + len(tail) <= limit:
             return body + tail
-        where = Path(run_dir) if run_dir else runs_dir(self.settings) / "outbox"
+        where = Path(run_dir) if run_dir else self.settings.runs_path / "outbox"
         where.mkdir(parents=True, exist_ok=True)
         path = where / f"comment-{_slug(key)}.md"
         path.write_text(body + "\n")
@@ -83,11 +83,6 @@ class Outbox:
 
     def close(self, issue: int, key: str) -> bool:
         return self.store.put(issue, "close", key)
-
-
-def runs_dir(settings: config.Settings) -> Path:
-    p = Path(settings.queue.runs_dir)
-    return p if p.is_absolute() else config.ROOT / p
 
 
 def _display(path: Path) -> str:

@@ -1,8 +1,8 @@
 """The noise floor: re-run the control (reasoner) on fresh seeds and measure its seed-to-seed spread.
 
-    python -m agent.noise --spec SPEC.json --run-dir DIR --seeds N --round K
+    python -m experiments.noise --spec SPEC.json --run-dir DIR --seeds N --round K
 
-The pipeline queues this on an idle lane every noise_floor_every_s (agent/pipeline.py). SPEC.json is
+The pipeline queues this on an idle lane every noise_floor_every_s (agent/daemon/pipeline.py). SPEC.json is
 {"spec": {flat config keys}} (the operator's effective settings, so the child's environment cannot change
 what runs). For every depth task it trains the reasoner on N fresh seeds (NOISE_SEED_BASE + K·N …, never
 an ablation's or a replication's), reads accuracy at r̄, and writes DIR/result.json =
@@ -22,8 +22,14 @@ import time
 NOISE_SEED_BASE = 500_000  # far from the ablation (0 …) and the replication (10,000 …) seeds
 
 
+def noise_argv(spec_file: str, seeds: int, rnd: int) -> list[str]:
+    """The child's command line as the queue stores it (the runner fills in {python} and {run_dir})."""
+    return ["{python}", "-m", "experiments.noise", "--spec", str(spec_file), "--run-dir", "{run_dir}",
+            "--seeds", str(seeds), "--round", str(rnd)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m agent.noise", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.noise", description=__doc__.splitlines()[0])
     ap.add_argument("--spec", required=True)
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--seeds", type=int, default=5)

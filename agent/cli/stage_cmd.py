@@ -42,7 +42,6 @@ def _run_stage(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from agent.outbox import runs_dir
     from experiments.runs import run_dir_name
     from experiments.spec import spec_from_file
     from experiments.stage import execute
@@ -52,7 +51,7 @@ def _run_stage(args) -> int:
     stage = STAGE_OF[args.stage_cmd]
     if getattr(args, "replicate", False):
         stage = "replication"
-    run_dir = Path(args.run_dir) if args.run_dir else runs_dir(res.settings) / run_dir_name(stage)  # REFINERY_RUNS_DIR
+    run_dir = Path(args.run_dir) if args.run_dir else res.settings.runs_path / run_dir_name(stage)  # REFINERY_RUNS_DIR
     console.print(f"[bold]{stage}[/] of {args.spec or 'the defaults'} → {run_dir}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:

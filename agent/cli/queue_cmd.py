@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import config
+from jobqueue.states import State
 
 EXIT_NOTHING = 3  # `queue claim`: no work item right now
 
@@ -42,8 +43,7 @@ def register(sub) -> None:
 
     p = qs.add_parser("ls", help="list jobs, newest first")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-    p.add_argument("--state", metavar="STATE", help="only this state: %(choices)s", choices=(
-        "queued", "blocked", "running", "retrying", "succeeded", "failed", "cancelled"))
+    p.add_argument("--state", metavar="STATE", help="only this state: %(choices)s", choices=tuple(State))
     p.add_argument("--lane", choices=("gpu", "cpu", "agent"))
     p.add_argument("--issue", type=int)
     p.add_argument("--limit", type=_positive_int, default=50, help="at most this many jobs, newest first (50)")
@@ -248,6 +248,7 @@ class NothingToRun(config.RefineryError):
 
 def cmd_enqueue(args) -> int:
     from experiments.spec import spec_from_file
+    from experiments.stage import stage_argv
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     payload: dict = {}
@@ -258,8 +259,7 @@ def cmd_enqueue(args) -> int:
         spec_from_file(args.spec)  # a bad spec is refused now, not failed later by the job
         spec = Path(args.spec).resolve()
         stage = "replication" if args.kind == "replication" else args.kind
-        payload = {"argv": ["{python}", "-m", "experiments.stage", stage, "--spec", str(spec), "--run-dir",
-                            "{run_dir}", "--job-id", "{job_id}"], "spec_file": str(spec), "stage": stage}
+        payload = {"argv": stage_argv(stage, spec), "spec_file": str(spec), "stage": stage}
     elif cmd:
         payload = {"argv": cmd}
     elif args.lane != "agent":
@@ -275,13 +275,12 @@ def cmd_enqueue(args) -> int:
 
 def notes_path(settings: config.Settings, job) -> Path:
     """runs/agent/<issue>/notes.md: the agent's working notes for an item, kept across claims."""
-    from jobqueue.gpulock import runs_root
 
-    d = runs_root(settings) / "agent" / (str(job.issue) if job.issue is not None else f"job-{job.id}")
+    d = settings.runs_path / "agent" / (str(job.issue) if job.issue is not None else f"job-{job.id}")
     d.mkdir(parents=True, exist_ok=True)
     p = d / "notes.md"
     if not p.exists():
-        from agent.sanitize import sanitize
+        from agent.daemon.sanitize import sanitize
 
         title = sanitize(job.payload.get("title", ""))  # the agent reads this file first: no hidden instructions
         item = f"issue #{job.issue}" if job.issue is not None else f"job {job.id}"
@@ -295,14 +294,14 @@ def cmd_claim(args) -> int:
 
     settings = config.load()
     with _store() as store:
-        job = store.claim(args.lane, Owner.agent(settings.host_name))
+        job = store.claim(args.lane, Owner.agent(settings.host))
     if job is None:
         if args.json:
             print(json.dumps({"claimed": False}))
         else:
             print("nothing to claim", file=sys.stderr)
         return EXIT_NOTHING
-    from agent.sanitize import branch_name, sanitize
+    from agent.daemon.sanitize import branch_name, sanitize
 
     p = job.payload
     title = sanitize(p.get("title", ""))  # hidden instructions in an issue never reach the agent
@@ -336,7 +335,7 @@ def cmd_heartbeat(args) -> int:
 
 
 def branch_name_for(job) -> str:
-    from agent.sanitize import branch_name, sanitize
+    from agent.daemon.sanitize import branch_name, sanitize
 
     return branch_name(job.issue or job.id, sanitize(job.payload.get("title", "")))
 

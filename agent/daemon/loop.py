@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -24,13 +25,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import config
-from agent import sdnotify
-from agent.intake import Intake
-from agent.outbox import Delivery, Outbox, Sender
-from agent.tracker import Tracker, TrackerError, TrackerUnavailable, make_tracker
+from agent.daemon.intake import Intake
+from agent.daemon.outbox import Delivery, Outbox, Sender
+from agent.daemon.pipeline import Pipeline, waiting_approvals
+from agent.ops import sdnotify
+from agent.ops.archive import archive_runs, champion_paths
+from agent.state.tables import IntakeMemory, KeyValue, OutboxStore
+from agent.trackers.factory import make_tracker
+from agent.trackers.interface import Tracker, TrackerError, TrackerUnavailable
+from experiments.runs import read_progress
 from jobqueue.errors import unreachable
-from jobqueue.models import Job, Lane, State
-from jobqueue.outbox import IntakeMemory, KeyValue, OutboxStore
+from jobqueue.models import FINAL, Job, Lane, State
 from jobqueue.store import Store
 
 log = logging.getLogger("refinery.daemon")
@@ -84,7 +89,6 @@ class Daemon:
         self._watchdog: sdnotify.Watchdog | None = None
         self._reported: dict[int, str] = {}
         self.on_job: list = [self.report_job]  # hooks called with each job whose state changed
-        from agent.pipeline import Pipeline
 
         self.pipeline = Pipeline(settings, self.store, self.outbox, self.kv, self.tracker)  # stage chaining
 
@@ -158,7 +162,7 @@ class Daemon:
 
     def report_job(self, job: Job) -> None:
         """Status labels and a short comment per transition (outbox keys make each one-time). Decided
-        pipeline stages (payload "stage") are the pipeline's to report (agent/pipeline.py)."""
+        pipeline stages (payload "stage") are the pipeline's to report (agent/daemon/pipeline.py)."""
         n = job.issue
         base = f"i{n}/j{job.id}/{job.payload.get('stage', job.kind)}"
         assert n is not None
@@ -274,13 +278,10 @@ class Daemon:
     def archive(self) -> int:
         """One pass of the storage tiers: finished runs older than archive_after_days move to archive_dir
         (verified sha256 manifest); champion weights stay on both tiers. No-op without archive_dir."""
-        from agent.archive import archive_runs, champion_paths
-        from agent.outbox import runs_dir
-
         if not self.settings.daemon.archive_dir:
             return 0
         try:
-            done = archive_runs(self.settings, runs_dir(self.settings), keep=champion_paths(config.ROOT, self.settings))
+            done = archive_runs(self.settings, self.settings.runs_path, keep=champion_paths(config.ROOT, self.settings))
         except Exception:  # noqa: BLE001 - archiving waits for the next pass; the live copy is untouched
             log.exception("archive pass failed")
             return 0
@@ -449,18 +450,10 @@ def notify_reload() -> None:
 
 def _progress_of(run_dir: str | None, now: float) -> dict:
     """A running job's progress from its run_dir/progress.json, with the ETA from its own measured step time."""
-    import json
-    import os
-    from pathlib import Path
-
-    if not run_dir:
+    p = read_progress(run_dir)
+    if p is None:
         return {}
-    path = Path(run_dir) / "progress.json"
-    try:
-        p = json.loads(path.read_text())
-        age = now - os.stat(path).st_mtime
-    except (OSError, ValueError):
-        return {}
+    age = p.pop("age_s")
     done, total, el = p.get("done") or 0, p.get("total") or 0, p.get("elapsed_s") or 0
     step_s = el / done if done else None
     eta = p.get("eta_s")
@@ -472,29 +465,24 @@ def _progress_of(run_dir: str | None, now: float) -> dict:
 
 def status(settings: config.Settings, store: Store | None = None) -> dict:
     """Everything `refinery status` shows, as JSON-able data (no network: GitHub state from the database)."""
-    import shutil
-
-    from agent.outbox import runs_dir
-
     store = store or Store(settings)
     kv, ob = KeyValue(store.engine), OutboxStore(store.engine)
     now = time.time()
     running = []
-    for j in store.list(state="running", limit=20):
+    for j in store.list(state=State.RUNNING, limit=20):
         running.append({"id": j.id, "issue": j.issue, "kind": j.kind, "stage": j.payload.get("stage", j.kind),
                         "lane": str(j.lane), "attempt": j.tries, "started_at": j.started_at, "run_dir": j.run_dir,
                         "host": j.owner_host, "device": j.device, "progress": _progress_of(j.run_dir, now)})
     queued = [{"id": j.id, "issue": j.issue, "kind": j.kind, "stage": j.payload.get("stage", j.kind),
                "lane": str(j.lane), "state": str(j.state), "note": j.note}
-              for s in ("queued", "blocked", "retrying") for j in store.list(state=s, limit=50)]
-    recent = sorted([j for s in ("succeeded", "failed", "cancelled") for j in store.list(state=s, limit=10)],
+              for s in (State.QUEUED, State.BLOCKED, State.RETRYING) for j in store.list(state=s, limit=50)]
+    recent = sorted([j for s in FINAL for j in store.list(state=s, limit=10)],
                     key=lambda j: j.finished_at or 0, reverse=True)[:10]
     counts = ob.counts()
     pending = ob.items(state="pending", limit=1)
-    rd = runs_dir(settings)
+    rd = settings.runs_path
     probe = rd if rd.exists() else config.ROOT
     disk = shutil.disk_usage(probe)
-    approvals = [kv.get(k) for k in kv.keys("approval:")]
     return {
         "lanes": {**{lane.value: {} for lane in Lane}, **store.counts()},  # every lane, an empty one too
         "running": running,
@@ -510,7 +498,6 @@ def status(settings: config.Settings, store: Store | None = None) -> dict:
                     "rate": kv.get("github.rate"), "blocked": kv.get("github.blocked")},
         "disk": {"path": str(probe), "free_gb": round(disk.free / 1e9, 2), "total_gb": round(disk.total / 1e9, 2),
                  "min_free_gb": settings.hardware.min_free_disk_gb},
-        "pipeline": {"waiting_approval": [{"issue": a["issue"], "job": a["job"]} for a in approvals
-                                          if a and not a.get("done")],
+        "pipeline": {"waiting_approval": [{"issue": a["issue"], "job": a["job"]} for a in waiting_approvals(kv)],
                      "noise_floor": kv.get("noise-floor"), "champion": kv.get("champion")},
     }

@@ -1,10 +1,10 @@
 """The one small interface both issue trackers implement, and the records they return.
 
-`github` (agent/github_tracker.py) talks to GitHub through PyGithub; `local`
-(agent/local_tracker.py) keeps issues in the queue database. Intake, the outbox and the
+`github` (agent/trackers/github_tracker.py) talks to GitHub through PyGithub; `local`
+(agent/trackers/local_tracker.py) keeps issues in the queue database. Intake, the outbox and the
 daemon only ever see this interface, so both behave the same. The trackers know nothing of
 SQL: their durable state (ETags, the `since` cursor, local issues) goes through small store
-objects from jobqueue/ handed in by `make_tracker`.
+objects from agent/state/ handed in by `make_tracker` (agent/trackers/factory.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from config import RefineryError, Settings
+from config import RefineryError
 
 MARKER_RE = re.compile(r"<!-- refinery:([^ >]+) -->")
 
@@ -156,19 +156,3 @@ def approvals_of(tracker: Tracker, number: int, key: str, allowlist: tuple = ())
             out.append(login)
     return out
 
-
-def make_tracker(settings: Settings, engine=None) -> Tracker:
-    """The tracker named by settings.daemon.tracker, its durable state in the queue database."""
-    from jobqueue.db import init_db, make_engine
-    from jobqueue.outbox import KeyValue
-
-    engine = engine or make_engine(settings=settings)
-    init_db(engine)
-    if settings.daemon.tracker == "github":
-        from agent.github_tracker import GitHubTracker
-
-        return GitHubTracker(settings, KeyValue(engine))
-    from agent.local_tracker import LocalTracker
-    from jobqueue.local_tracker import LocalIssues
-
-    return LocalTracker(LocalIssues(engine))

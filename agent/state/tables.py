@@ -1,8 +1,8 @@
-"""The agent's durable state on the queue's `Base`: the outbox, intake memory, and a small
+"""The agent's durable state (AgentBase, in the queue's database): the outbox, intake memory, and a small
 key-value table (the GitHub tracker's ETag and `since` cursor, rate-limit state).
 
     outbox        every comment, comment edit, status-label change and close, written here first;
-                  one serial sender (agent/outbox.py) delivers them. `key` is unique: putting the
+                  one serial sender (agent/daemon/outbox.py) delivers them. `key` is unique: putting the
                   same (issue, job, stage, kind) twice is a no-op, so a crash that repeats a step
                   never doubles a comment. `attempts` is raised and committed BEFORE a send, so
                   after a crash the sender knows the write may have happened and looks for its marker.
@@ -22,13 +22,14 @@ from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, delet
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
-from jobqueue.db import Base, is_sqlite, read_tx, write_tx
+from agent.state.base import AgentBase, ensure_tables
+from jobqueue.db import is_sqlite, read_tx, write_tx
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 KINDS = ("comment", "edit", "status", "label", "unlabel", "close")
 
 
-class OutboxRow(Base):
+class OutboxRow(AgentBase):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -49,11 +50,11 @@ class OutboxRow(Base):
     __table_args__ = (Index("ix_outbox_due", "state", "next_at", "id"),)
 
 
-class AgentIssueRow(Base):
+class AgentIssueRow(AgentBase):
     __tablename__ = "agent_issues"
 
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
-    status: Mapped[str] = mapped_column(String(32), default="new")  # see agent/intake.py
+    status: Mapped[str] = mapped_column(String(32), default="new")  # see agent/daemon/intake.py
     body_hash: Mapped[str | None] = mapped_column(String(64))       # the body intake last acted on
     spec_key: Mapped[str | None] = mapped_column(String(64))
     noted_untrusted: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -64,7 +65,7 @@ class AgentIssueRow(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-class KVRow(Base):
+class KVRow(AgentBase):
     __tablename__ = "agent_kv"
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -81,6 +82,7 @@ class KeyValue:
 
     def __init__(self, engine):
         self.engine = engine
+        ensure_tables(engine)
 
     def get(self, key: str, default: Any = None) -> Any:
         with read_tx(self.engine) as c:
@@ -130,6 +132,7 @@ def _item(row) -> Item:
 class OutboxStore:
     def __init__(self, engine):
         self.engine = engine
+        ensure_tables(engine)
 
     def put(self, issue: int, kind: str, key: str, *, body: str | None = None, label: str | None = None,
             target: str | None = None, now: float | None = None) -> bool:
@@ -205,6 +208,7 @@ class IntakeMemory:
 
     def __init__(self, engine):
         self.engine = engine
+        ensure_tables(engine)
 
     def get(self, number: int) -> dict | None:
         with read_tx(self.engine) as c:
@@ -227,8 +231,3 @@ class IntakeMemory:
             rows = c.execute(select(AgentIssueRow.number, AgentIssueRow.blockers)
                              .where(AgentIssueRow.state == "open")).all()
         return [n for n, b in rows if b and number in b]
-
-    def all(self) -> list[dict]:
-        with read_tx(self.engine) as c:
-            rows = c.execute(select(AgentIssueRow).order_by(AgentIssueRow.number)).all()
-        return [{"number": r.number, **{f: getattr(r, f) for f in self.FIELDS}} for r in rows]

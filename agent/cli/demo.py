@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import config
-from agent.outbox import runs_dir
 
 DEMO_TITLE = "Does the refiner's gate beat the plain loop on ListOps and k-hop at r̄?"
 LIVE_STATES = ("queued", "blocked", "running", "retrying")
@@ -22,7 +21,7 @@ LIVE_STATES = ("queued", "blocked", "running", "retrying")
 
 def demo_settings() -> config.Settings:
     base = config.load()
-    demo_dir = runs_dir(base) / "demo"
+    demo_dir = base.runs_path / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     return base.replace({"tracker": "local", "db_url": f"sqlite:///{demo_dir / 'queue.db'}",
                          "docs_dir": str(demo_dir / "docs"), "git_commit": False, "poll_interval": 1.0,
@@ -61,16 +60,16 @@ def run(console=None) -> int:
     from rich.live import Live
     from rich.table import Table
 
-    from agent.daemon import Daemon
-    from jobqueue.local_tracker import LocalIssues
+    from agent.daemon.loop import Daemon
+    from agent.state.local_tables import LocalIssues
 
     console = console or Console()
     settings = demo_settings()
     console.print("[bold]refinery demo[/bold]: local tracker, SQLite, CPU, tiny preset")
-    console.print(f"  queue {settings.db_url}\n  documents {settings.daemon.docs_dir}")
-    from agent.archive import require_stage_disk
+    console.print(f"  queue {settings.queue_url}\n  documents {settings.daemon.docs_dir}")
+    from agent.ops.archive import require_stage_disk
 
-    require_stage_disk(settings, runs_dir(settings))  # too little room: say so now, not wait on a queued stage
+    require_stage_disk(settings, settings.runs_path)  # too little room: say so now, not wait on a queued stage
     ensure_corpus(console, settings)
     daemon = Daemon(settings)
     issues = LocalIssues(daemon.store.engine)
@@ -118,7 +117,7 @@ def run(console=None) -> int:
         if daemon.stop_event.is_set():
             daemon.drain_stop()  # the running stage checkpoints and exits 75; its job goes back to the queue
     if daemon.stop_event.is_set():
-        console.print(f"demo: stopped; idea #{number}'s work stays queued in {settings.db_url} and resumes at the "
+        console.print(f"demo: stopped; idea #{number}'s work stays queued in {settings.queue_url} and resumes at the "
                       "next `refinery demo`")
         return 130
     daemon.deliver(max_items=100)
@@ -127,11 +126,10 @@ def run(console=None) -> int:
 
 
 def _progress(run_dir: Path) -> str:
-    import json
+    from experiments.runs import read_progress
 
-    try:
-        p = json.loads((run_dir / "progress.json").read_text())
-    except (OSError, ValueError):
+    p = read_progress(run_dir)
+    if p is None:
         return "starting"
     pct = 100 * p.get("done", 0) / max(p.get("total", 1), 1e-9)
     eta = p.get("eta_s")
@@ -150,7 +148,7 @@ def _summary(console, daemon, issues, number: int, seen: dict, wall: float, sett
     console.print(t)
     issue = issues.get(number)
     console.print(f"labels: {', '.join(issue['labels'])}")
-    console.print(f"comments on #{number} (`refinery issue show {number}` with REFINERY_DB_URL={settings.db_url}):")
+    console.print(f"comments on #{number} (`refinery issue show {number}` with REFINERY_DB_URL={settings.queue_url}):")
     for c in issues.comments(number):
         first = c["body"].strip().splitlines()[0] if c["body"].strip() else ""
         console.print(f"  - {first[:140]}")

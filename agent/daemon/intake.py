@@ -28,23 +28,24 @@ import hashlib
 import json
 import logging
 import re
-import sys
 import time
 from dataclasses import dataclass
 
 import config
-from agent.outbox import Outbox, runs_dir
-from agent.report import spec_lines
-from agent.tracker import TRUSTED_PERMISSIONS, Issue, Tracker, TrackerUnavailable
+from agent.daemon import graveyard
+from agent.daemon.outbox import Outbox
+from agent.reporting.report import spec_lines
+from agent.state.tables import IntakeMemory, KeyValue
+from agent.trackers.interface import TRUSTED_PERMISSIONS, Issue, Tracker, TrackerUnavailable
 from experiments.spec import spec_from_issue
-from jobqueue.outbox import IntakeMemory
+from experiments.stage import stage_argv
+from jobqueue.models import LIVE
 
 log = logging.getLogger("refinery.intake")
 
 TYPE_LABELS = ("ideas", "architecture", "tools", "optimization", "documentation", "bug")
 LANE_LABELS = ("gpu", "cpu")
 BLOCKED = "blocked"
-LIVE = frozenset({"queued", "blocked", "running", "retrying"})
 BLOCKED_BY = re.compile(r"^\s*(?:[-*]\s*)?blocked\s+by\s+((?:#\d+[\s,;and]*)+)", re.IGNORECASE | re.MULTILINE)
 PERMISSION_TTL_S = 600.0
 
@@ -214,7 +215,7 @@ class Intake:
             self.memory.put(n, status="invalid", body_hash=h)
             return "invalid"
         spec_key = hashlib.sha256(json.dumps(res.spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        spec_file = runs_dir(self.settings) / "specs" / f"i{n}-{spec_key}.json"
+        spec_file = self.settings.runs_path / "specs" / f"i{n}-{spec_key}.json"
         spec_file.parent.mkdir(parents=True, exist_ok=True)
         # experiments.stage reads {"spec": flat config keys, "prereg", "issue"}: every effective spec field,
         # so the child's environment cannot change what runs; derived values (dims) are left out
@@ -236,10 +237,7 @@ class Intake:
         return "enqueued"
 
     def _graveyard_check(self, n: int, spec_key: str, spec: dict, held: bool = False) -> None:
-        """Comment when the idea resembles a killed one (agent/graveyard.py); it still runs (unless held)."""
-        from agent import graveyard
-        from jobqueue.outbox import KeyValue
-
+        """Comment when the idea resembles a killed one (agent/daemon/graveyard.py); it still runs (unless held)."""
         note = graveyard.note_for(self.settings, KeyValue(self.store.engine), n, spec, held=held)
         if note:
             self.outbox.comment(n, f"i{n}/spec-{spec_key}/graveyard", note)
@@ -257,15 +255,6 @@ class Intake:
         self.outbox.status(n, f"i{n}/j{job.id}/agent/status-queued", "queued")
         self.memory.put(n, status="agent", body_hash=h)
         return "agent item"
-
-
-STAGE_MODULE = "experiments.stage"  # the stage entry point (the pipeline tests put a scripted stand-in here)
-
-
-def stage_argv(stage: str, spec_file: str) -> list[str]:
-    """The child's command line; the runner substitutes {run_dir} and {job_id}."""
-    return [sys.executable, "-m", STAGE_MODULE, stage, "--spec", spec_file,
-            "--run-dir", "{run_dir}", "--job-id", "{job_id}"]
 
 
 def queued_comment(issue: Issue, job_id: int, lane: str, res, held: bool) -> str:

@@ -3,7 +3,7 @@
 The templates live in systemd/ (refinery.service for the system manager, refinery-user.service
 for `systemctl --user`); @NAMES@ in them are filled in here. The unit runs the installed
 `refinery daemon` binary itself (no shell wrapper), as Type=notify with a watchdog
-(agent/sdnotify.py), stops it with SIGINT (a warm stop) and gives it stop_timeout_s to
+(agent/ops/sdnotify.py), stops it with SIGINT (a warm stop) and gives it stop_timeout_s to
 checkpoint, passes the GitHub token as a credential, and sandboxes it with ProtectSystem=strict
 while leaving runs/, docs/, the repository's .git (findings commits) and the archive writable.
 systemd/README.md explains each choice.
@@ -103,7 +103,7 @@ def data_dirs(repo: Path, settings: config.Settings) -> tuple[Path, Path]:
 def sqlite_dir(repo: Path, settings: config.Settings) -> Path | None:
     """The directory of a SQLite queue outside runs/ (SQLite writes its -wal and -shm files beside the
     database, so the directory must be writable); None for PostgreSQL, in-memory or a queue under runs/."""
-    url = settings.db_url
+    url = settings.queue_url
     if not url.startswith("sqlite:///") or ":memory:" in url:
         return None
     d = (repo / url.split("sqlite:///", 1)[1].split("?", 1)[0]).parent  # relative: to the checkout (the unit's cwd)

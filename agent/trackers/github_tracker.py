@@ -38,8 +38,17 @@ from urllib3.util.retry import Retry
 
 import config
 from agent.redact import redact
-from agent.tracker import AmbiguousWrite, Comment, Issue, Poll, TrackerError, TrackerUnavailable, approvals_of, marker
-from jobqueue.outbox import KeyValue
+from agent.state.tables import KeyValue
+from agent.trackers.interface import (
+    AmbiguousWrite,
+    Comment,
+    Issue,
+    Poll,
+    TrackerError,
+    TrackerUnavailable,
+    approvals_of,
+    marker,
+)
 
 log = logging.getLogger("refinery.github")
 

@@ -19,7 +19,7 @@ the pruning. `verify(archive_dir)` re-hashes every archived run (and, given runs
 copies kept beside them). `require_free_disk(path, need)` is the disk check a stage runs before
 it starts; it raises DiskSpaceError with the numbers.
 
-    python -m agent.archive bench [--mb 256]     # the copy-and-verify rate on this machine
+    python -m agent.ops.archive bench [--mb 256]     # the copy-and-verify rate on this machine
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -435,7 +434,7 @@ def archive_runs(settings: config.Settings, runs_dir: str | os.PathLike | None =
         return []
     from filelock import FileLock, Timeout
 
-    runs_dir = Path(runs_dir or config.ROOT / getattr(settings.queue, "runs_dir", "runs"))
+    runs_dir = Path(runs_dir or settings.runs_path)
     archive_dir = config.ROOT / settings.daemon.archive_dir  # an absolute archive_dir stays as it is
     archive_dir.mkdir(parents=True, exist_ok=True)
     keep = [Path(k).absolute() for k in keep]
@@ -475,29 +474,3 @@ def bench(work_dir: str | os.PathLike, total_mb: int = 256, n_files: int = 8, fs
             "copy_and_verify_mb_s": round(res.mb_per_s, 1),
             "reverify_mb_s": round(res.bytes / 1e6 / t_verify, 1) if t_verify > 0 else None,
             "filesystem": str(work)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import tempfile
-
-    ap = argparse.ArgumentParser(prog="python -m agent.archive", description="archive benchmark")
-    ap.add_argument("what", choices=["bench"])
-    ap.add_argument("--mb", type=int, default=256, help="size of the synthetic run (MB)")
-    ap.add_argument("--dir", default=None, help="work directory (default: a temporary one under runs/)")
-    ap.add_argument("--no-fsync", action="store_true", help="skip fsync (measures the page cache, not the disk)")
-    ap.add_argument("--json", default=None, help="also write the figures here")
-    args = ap.parse_args(argv)
-    base = Path(args.dir) if args.dir else config.ROOT / "runs"
-    base.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="archive-bench-", dir=base) as tmp:
-        figures = bench(tmp, args.mb, fsync=not args.no_fsync)
-    for k, v in figures.items():
-        print(f"{k:>22}: {v}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

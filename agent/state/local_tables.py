@@ -8,7 +8,7 @@
                          changes commit in version order on both backends and a poll that reads
                          "version > cursor" never skips one
 
-agent/local_tracker.py wraps this in the tracker interface; `refinery issue ...` drives it.
+agent/trackers/local_tracker.py wraps this in the tracker interface; `refinery issue ...` drives it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import time
 from sqlalchemy import JSON, Float, Integer, String, Text, select, text, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from jobqueue.db import Base, read_tx, write_tx
+from agent.state.base import AgentBase, ensure_tables
+from jobqueue.db import read_tx, write_tx
 
 
-class LocalIssueRow(Base):
+class LocalIssueRow(AgentBase):
     __tablename__ = "local_issues"
 
     number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -36,7 +37,7 @@ class LocalIssueRow(Base):
     closed_at: Mapped[float | None] = mapped_column(Float)
 
 
-class LocalCommentRow(Base):
+class LocalCommentRow(AgentBase):
     __tablename__ = "local_comments"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -47,7 +48,7 @@ class LocalCommentRow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
-class LocalEventRow(Base):
+class LocalEventRow(AgentBase):
     __tablename__ = "local_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -58,14 +59,14 @@ class LocalEventRow(Base):
     at: Mapped[float] = mapped_column(Float)
 
 
-class LocalCollaboratorRow(Base):
+class LocalCollaboratorRow(AgentBase):
     __tablename__ = "local_collaborators"
 
     login: Mapped[str] = mapped_column(String(255), primary_key=True)
     permission: Mapped[str] = mapped_column(String(16))
 
 
-class LocalSeqRow(Base):
+class LocalSeqRow(AgentBase):
     __tablename__ = "local_seq"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -83,6 +84,7 @@ class LocalIssues:
 
     def __init__(self, engine):
         self.engine = engine
+        ensure_tables(engine)
 
     # ------------------------------------------------------------------ helpers
     def _next_version(self, c) -> int:

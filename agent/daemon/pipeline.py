@@ -20,9 +20,9 @@ key, documents are written only when their content changes, and `advanced:<job>`
 table is set last. A restart between any two steps therefore neither loses nor repeats a stage:
 `advance` simply runs again for any decided job not yet marked advanced.
 
-Reporting (agent/report.py formats): one progress comment per idea, edited in place at most every
+Reporting (agent/reporting/report.py formats): one progress comment per idea, edited in place at most every
 progress_edit_s; one result comment per stage; one finding per decided idea under
-docs_dir/findings/; graveyard lines in docs_dir/ROADMAP.md. The noise floor (agent/noise.py): when
+docs_dir/findings/; graveyard lines in docs_dir/ROADMAP.md. The noise floor (experiments/noise.py): when
 noise_floor_every_s is set and its lane is idle, a scheduled job re-runs the control on fresh seeds
 and `noise-floor` in the key-value table keeps the seed-to-seed spread per task.
 """
@@ -31,15 +31,19 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import config
-from agent import report
-from agent.intake import stage_argv
-from agent.outbox import Outbox, runs_dir
+from agent.daemon.outbox import Outbox
+from agent.reporting import report
+from agent.trackers.interface import TrackerError
+from experiments.noise import noise_argv
+from experiments.runs import error_reason, last_metrics, plot_files, read_progress
+from experiments.spec import effective
+from experiments.stage import stage_argv
+from jobqueue.models import LIVE, State
 
 log = logging.getLogger("refinery.pipeline")
 
@@ -47,7 +51,7 @@ STAGE_KIND = {"smoke": "smoke", "ablation": "ablation", "extend": "ablation", "r
               "full": "full"}
 PIPELINE_STAGES = tuple(STAGE_KIND)
 VERDICTS = ("PASS", "FAIL", "EXTEND")  # verdicts on the idea; anything else is a fault of the run
-DECIDED = ("succeeded", "failed")
+DECIDED = (State.SUCCEEDED, State.FAILED)
 WINDOW = 50  # newest decided jobs per state looked at on each pass
 SWEEP, SWEEP_S = 1000, 60.0  # and this many, this often (and on the first pass: nothing is missed after a restart)
 RETRY_DOCS_S = 60.0  # a refused docs commit is tried again after this
@@ -81,7 +85,7 @@ class Pipeline:
         approvals; schedule the noise floor. Returns the number of jobs advanced."""
         now = time.time() if now is None else now
         done = 0
-        for job in self.store.list(state="running", limit=50):
+        for job in self.store.list(state=State.RUNNING, limit=50):
             if job.issue is not None and job.payload.get("stage") in PIPELINE_STAGES:
                 self._progress(job, now)
         window = WINDOW
@@ -128,7 +132,7 @@ class Pipeline:
     def advance(self, job) -> None:
         stage, n = job.payload["stage"], job.issue
         result = job.result or {}
-        verdict = result.get("verdict") if str(job.state) == "succeeded" else None
+        verdict = result.get("verdict") if job.state == State.SUCCEEDED else None
         if verdict not in VERDICTS:
             self._failed(job, result)
             return
@@ -188,9 +192,8 @@ class Pipeline:
         n, p = job.issue, dict(job.payload)
         if not p.get("spec_file"):
             return "This job names no spec file (it was not queued by intake), so nothing is queued after it."
-        argv = stage_argv("ablation" if nxt == "extend" else nxt, p["spec_file"])
-        if nxt == "extend":
-            argv += ["--extend-from", job.run_dir or ""]
+        argv = stage_argv("ablation" if nxt == "extend" else nxt, p["spec_file"],
+                          *(("--extend-from", job.run_dir or "") if nxt == "extend" else ()))
         p.update(stage=nxt, argv=argv, previous_job=job.id)
         key = f"{self.chain_key(job)}/{nxt}"
         if nxt == "full" and self.settings.daemon.full_requires_approval:
@@ -211,8 +214,6 @@ class Pipeline:
         """full_requires_approval: start a waiting full run once a writer reacted 👍 to the result comment."""
         if not self.settings.daemon.full_requires_approval or self.tracker is None:
             return
-        from agent.tracker import TrackerError
-
         for key in self.kv.keys("approval:"):
             want = self.kv.get(key)
             if not want or want.get("done"):
@@ -231,14 +232,6 @@ class Pipeline:
                                 f"queued as job {nj.id} on the {want['lane']} lane.")
             self.outbox.status(n, f"i{n}/j{want['job']}/full/status-approved", "queued")
             self.kv.put(key, {**want, "done": True, "by": approvers[0], "full_job": nj.id})
-
-    def waiting_approvals(self) -> list[dict]:
-        out = []
-        for key in self.kv.keys("approval:"):
-            want = self.kv.get(key) or {}
-            if want and not want.get("done"):
-                out.append({"issue": want["issue"], "job": want["job"], "comment": want["comment"]})
-        return out
 
     # ------------------------------------------------------------------ documents
     def chain(self, job) -> list:
@@ -263,10 +256,10 @@ class Pipeline:
             name = name[:-3] + f"-j{job.id}.md"
         stages, files, plot_rel = [], {}, []
         for j in self.chain(job):
-            if str(j.state) != "succeeded" or not j.result:
+            if j.state != State.SUCCEEDED or not j.result:
                 continue
             plots = []
-            for src in sorted(Path(j.run_dir or "/nonexistent").glob("plots/*.png")):
+            for src in plot_files(j.run_dir):
                 rel = f"plots/i{n}-j{j.id}-{src.name}"  # relative to the finding
                 files[f"findings/{rel}"] = src.read_bytes()
                 plots.append(rel)
@@ -361,7 +354,7 @@ class Pipeline:
         out = []
         for j in self.store.jobs_for_issue(issue):
             if j.payload.get("stage") in PIPELINE_STAGES and str(j.state) in DECIDED:
-                v = (j.result or {}).get("verdict") if str(j.state) == "succeeded" else "failed"
+                v = (j.result or {}).get("verdict") if j.state == State.SUCCEEDED else "failed"
                 secs = (j.finished_at or 0) - (j.started_at or j.finished_at or 0)
                 out.append(f"{j.payload['stage']} {v} ({report.fmt_s(secs)})")
         return out
@@ -372,9 +365,8 @@ class Pipeline:
         last = self.kv.get(f"progress-at:{n}") or 0
         if now - last < self.settings.daemon.progress_edit_s or not job.run_dir:
             return
-        try:
-            p = json.loads((Path(job.run_dir) / "progress.json").read_text())
-        except (OSError, ValueError):
+        p = read_progress(job.run_dir)
+        if p is None:
             return
         body = report.progress_comment(stage=job.payload["stage"], job_id=job.id, progress=p,
                                        metrics=last_metrics(Path(job.run_dir)), lane=job.lane.value,
@@ -409,17 +401,14 @@ class Pipeline:
         if lane == "gpu" and not self.settings.queue.gpu_devices.strip():
             return  # no gpu lane on this host
         counts = self.store.counts().get(lane, {})
-        if any(counts.get(s, 0) for s in ("queued", "blocked", "running", "retrying")):
+        if any(counts.get(s, 0) for s in LIVE):
             return
         rnd = int(last.get("round", 0)) + 1
-        from experiments.spec import effective
-
-        spec_file = runs_dir(self.settings) / "specs" / f"noise-{rnd}.json"
+        spec_file = self.settings.runs_path / "specs" / f"noise-{rnd}.json"
         spec_file.parent.mkdir(parents=True, exist_ok=True)
         flat = {k: v for k, v in effective(self.settings).items() if k in config.FIELD_SECTION}
         spec_file.write_text(json.dumps({"spec": flat}, indent=1, sort_keys=True, default=str) + "\n")
-        argv = [sys.executable, "-m", "agent.noise", "--spec", str(spec_file), "--run-dir", "{run_dir}",
-                "--seeds", str(d.noise_floor_seeds), "--round", str(rnd)]
+        argv = noise_argv(str(spec_file), d.noise_floor_seeds, rnd)
         job = self.store.enqueue(None, "task", lane, {"argv": argv, "noise": True, "stage": "noise", "round": rnd},
                                  priority=-10, key=f"noise-{rnd}")
         self.kv.put("noise-floor.last", {"at": now, "round": rnd, "job": job.id})
@@ -428,7 +417,7 @@ class Pipeline:
     def _noise_done(self, job) -> None:
         """Pool this round's per-task spread into `noise-floor` ({task: σ in points})."""
         res = job.result or {}
-        if str(job.state) == "succeeded" and res.get("tasks"):
+        if job.state == State.SUCCEEDED and res.get("tasks"):
             hist = (self.kv.get("noise-floor.history") or [])[-19:]
             hist.append({"round": job.payload.get("round"), "job": job.id, "at": job.finished_at,
                          "tasks": {t: {"std": v["std"], "values": v["values"]} for t, v in res["tasks"].items()}})
@@ -451,7 +440,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     def _plots(self, job) -> list[str]:
-        return [self._display(str(p)) for p in sorted(Path(job.run_dir or "/nonexistent").glob("plots/*.png"))]
+        return [self._display(str(p)) for p in plot_files(job.run_dir)]
 
     def _display(self, path: str | None) -> str:
         if not path:
@@ -462,31 +451,11 @@ class Pipeline:
             return str(path)
 
 
-def error_reason(run_dir: str | None) -> str:
-    """The ERROR reason a stage wrote in its result.json ('' when it wrote none: a crash, a kill)."""
-    try:
-        res = json.loads((Path(run_dir) / "result.json").read_text()) if run_dir else {}
-    except (OSError, ValueError):
-        return ""
-    return str(res.get("reason") or "") if isinstance(res, dict) and res.get("verdict") == "ERROR" else ""
-
-
-def last_metrics(run_dir: Path, tail_bytes: int = 8192) -> dict | None:
-    """The last JSON line of run_dir/metrics.jsonl (read from the end: the file can be long)."""
-    path = run_dir / "metrics.jsonl"
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - tail_bytes))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            return rec
-    return None
+def waiting_approvals(kv) -> list[dict]:
+    """Full runs that wait for a writer's 👍 (full_requires_approval): [{issue, job, comment}]."""
+    out = []
+    for key in kv.keys("approval:"):
+        want = kv.get(key) or {}
+        if want and not want.get("done"):
+            out.append({"issue": want["issue"], "job": want["job"], "comment": want["comment"]})
+    return out

@@ -2,7 +2,7 @@
 
 Pure formatting — the progress comment, one result comment per decided stage, the finding, the
 graveyard line, the model card — plus DocsWriter, which puts documents under docs_dir and commits
-them through agent/gitdocs.py when docs_dir is inside a git repository (refinery's author only,
+them through agent/reporting/gitdocs.py when docs_dir is inside a git repository (refinery's author only,
 never a user's staged or modified files).
 
 A result comment opens with the verdict (`**Ablation: PASS** — reason`), then the evidence table
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import config
-from agent import gitdocs
+from agent.reporting import gitdocs
 
 STAGE_TITLE = {"smoke": "Smoke test", "ablation": "Ablation", "extend": "Ablation (extended seeds)",
                "replication": "Replication", "full": "Full training", "noise": "Noise floor"}

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from agent.tracker import Comment, Issue, Poll, TrackerError, approvals_of, marker
-from jobqueue.local_tracker import LocalIssues
-from jobqueue.outbox import KeyValue
+from agent.state.local_tables import LocalIssues
+from agent.state.tables import KeyValue
+from agent.trackers.interface import Comment, Issue, Poll, TrackerError, approvals_of, marker
 
 CURSOR_KEY = "local.cursor"
 BOT = "refinery"  # the author of refinery's own comments and label changes

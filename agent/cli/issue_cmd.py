@@ -12,7 +12,7 @@ import json
 import sys
 
 import config
-from agent.tracker import TrackerError
+from agent.trackers.interface import TrackerError
 
 
 def register(sub) -> None:
@@ -84,7 +84,7 @@ class NotLocal(config.RefineryError):
 
 
 def _db():
-    from jobqueue.local_tracker import LocalIssues
+    from agent.state.local_tables import LocalIssues
     from jobqueue.store import Store
 
     settings = config.load()

@@ -47,14 +47,14 @@ def register(sub) -> None:
 
 
 def _service_install(args) -> int:
-    from agent.service import install
+    from agent.ops.service import install
 
     install(args.user, print_only=args.print_only, unit_dir=args.unit_dir, run_as=args.run_as)
     return 0
 
 
 def _settings_with_archive() -> config.Settings:
-    from agent.archive import ArchiveError
+    from agent.ops.archive import ArchiveError
 
     settings = config.load()
     if not settings.daemon.archive_dir:
@@ -63,11 +63,11 @@ def _settings_with_archive() -> config.Settings:
 
 
 def _runs_dir(args, settings: config.Settings) -> Path:
-    return Path(args.runs_dir) if args.runs_dir else config.ROOT / getattr(settings.queue, "runs_dir", "runs")
+    return Path(args.runs_dir) if args.runs_dir else settings.runs_path
 
 
 def _archive_run(args) -> int:
-    from agent.archive import archive_runs, champion_paths, due_runs
+    from agent.ops.archive import archive_runs, champion_paths, due_runs
 
     settings = _settings_with_archive()
     runs_dir = _runs_dir(args, settings)
@@ -90,7 +90,7 @@ def _archive_run(args) -> int:
 
 
 def _archive_verify(args) -> int:
-    from agent.archive import verify
+    from agent.ops.archive import verify
 
     settings = _settings_with_archive()
     checks = verify(config.ROOT / settings.daemon.archive_dir, _runs_dir(args, settings) if args.live else None)
@@ -105,10 +105,10 @@ def _archive_verify(args) -> int:
 def _archive_bench(args) -> int:
     import tempfile
 
-    from agent.archive import bench
+    from agent.ops.archive import bench
 
     settings = config.load()
-    base = Path(args.dir or settings.daemon.archive_dir or config.ROOT / "runs")
+    base = Path(args.dir or settings.daemon.archive_dir or settings.runs_path)
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="archive-bench-", dir=base) as tmp:
         figures = bench(tmp, args.mb)

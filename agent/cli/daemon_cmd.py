@@ -12,6 +12,7 @@ import sys
 import time
 
 import config
+from jobqueue.states import State
 
 
 def register(sub) -> None:
@@ -23,7 +24,7 @@ def register(sub) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job on embedded defaults: file an example idea in the local "
                        "tracker and run it through smoke → ablation → … until it is decided (CPU, tiny preset)")
-    p.set_defaults(func=lambda args: __import__("agent.demo", fromlist=["run"]).run())
+    p.set_defaults(func=lambda args: __import__("agent.cli.demo", fromlist=["run"]).run())
 
 
 def _settings(args, **flags) -> config.Settings:
@@ -71,7 +72,7 @@ def _add_daemon(sub) -> None:
 
 
 def _daemon(args) -> int:
-    from agent.daemon import Daemon
+    from agent.daemon.loop import Daemon
 
     setup_logging(getattr(args, "verbose", False))
     settings = _settings(args, tracker=args.tracker, github_repo=args.repo, github_api_url=args.api_url,
@@ -111,7 +112,7 @@ def _ago(t: float | None) -> str:
 
 
 def _status(args) -> int:
-    from agent.daemon import status
+    from agent.daemon.loop import status
 
     settings = _settings(args, db_url=args.db_url)
     st = status(settings)
@@ -123,11 +124,10 @@ def _status(args) -> int:
 
     con = Console()
     lanes = Table(title="lanes", pad_edge=False)  # eight columns in 80: no padding at the table's edges
-    for col in ("lane", "queued", "blocked", "running", "retrying", "succeeded", "failed", "cancelled"):
+    for col in ("lane", *State):
         lanes.add_column(col, justify="left" if col == "lane" else "right")
     for lane, c in sorted(st["lanes"].items()):
-        lanes.add_row(lane, *[str(c.get(s, 0)) for s in ("queued", "blocked", "running", "retrying", "succeeded",
-                                                          "failed", "cancelled")])
+        lanes.add_row(lane, *[str(c.get(s, 0)) for s in State])
     con.print(lanes)
     for r in st["running"]:
         p = r["progress"] or {}

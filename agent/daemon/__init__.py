@@ -1,0 +1,13 @@
+"""agent.daemon: the service itself.
+
+    loop.py       Daemon: poll the tracker, take in changed issues, run the queue's workers, deliver the
+                  outbox, commit documents; warm and cold stops, SIGHUP reload; status() for `refinery status`
+    intake.py     a changed issue in, at most one decision out: the label contract, trust, the spec
+    sanitize.py   issue text cleaned before a coding agent reads it; the agent's branch name
+    graveyard.py  before a new idea spends device time, its resemblance to killed ones
+    pipeline.py   stage chaining: what happens to an idea after each stage is decided
+    outbox.py     Outbox (writes go to the database first) and Sender (delivers them, idempotently)
+
+May import: agent.state, agent.trackers, agent.reporting, agent.ops, agent.redact, and the lower packages.
+Never agent.cli.
+"""
