@@ -656,3 +656,8 @@ def describe(settings: Settings) -> list[dict[str, str]]:
          "value": "set" if read_github_token(settings=settings) else "not set"}]
 
 
+
+
+for _task, _levels in DIFFICULTY_LADDERS.items():  # a ladder only names spec fields, its knob first in every level
+    assert _task in TASK_NAMES and _levels, _task
+    assert all(next(iter(lv)) == next(iter(_levels[0])) and set(lv) <= set(FIELD_SECTION) for lv in _levels), _task

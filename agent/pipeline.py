@@ -46,7 +46,7 @@ log = logging.getLogger("refinery.pipeline")
 STAGE_KIND = {"smoke": "smoke", "ablation": "ablation", "extend": "ablation", "replication": "replication",
               "full": "full"}
 PIPELINE_STAGES = tuple(STAGE_KIND)
-VERDICTS = ("PASS", "FAIL", "EXTEND")  # verdicts on the idea; anything else is a fault of the run
+VERDICTS = ("PASS", "FAIL", "EXTEND", "INCONCLUSIVE")  # the gate's; anything else is a fault of the run
 DECIDED = ("succeeded", "failed")
 WINDOW = 50  # newest decided jobs per state looked at on each pass
 SWEEP, SWEEP_S = 1000, 60.0  # and this many, this often (and on the first pass: nothing is missed after a restart)
@@ -132,6 +132,9 @@ class Pipeline:
         if verdict not in VERDICTS:
             self._failed(job, result)
             return
+        if verdict == "INCONCLUSIVE":  # nothing measured: one step along the difficulty ladder, never a kill
+            self._inconclusive(job, result)
+            return
         nxt = next_stage(stage, verdict)
         killed = is_kill(stage, verdict)
         passed = stage == "full" and verdict == "PASS"
@@ -154,6 +157,32 @@ class Pipeline:
         self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-{status}", status)
         self._progress_final(job, f"{report.title_of(stage)} {verdict}. {next_text}")
         self._mark(job, verdict=verdict, next=nxt)
+
+    def _inconclusive(self, job, result: dict) -> None:
+        """experiments/ladder.py decides: the same stage again one ladder level on, or a wait for a person's spec."""
+        from experiments import ladder
+
+        n, p, stage = job.issue, dict(job.payload), job.payload["stage"]
+        done = int(p.get("ladder_reruns", 0))
+        plan = ladder.plan(result.get("evidence") or {}, p.get("spec", {}), done, self.settings)
+        text = plan["text"]
+        if plan["action"] == "rerun" and p.get("spec_file"):
+            again = "ablation" if stage == "extend" else stage
+            spec_file = str(ladder.write_spec(p["spec_file"], plan["overrides"], done + 1))
+            p.update(stage=again, argv=stage_argv(again, spec_file), spec_file=spec_file, previous_job=job.id,
+                     spec={**p.get("spec", {}), **plan["overrides"]}, ladder_reruns=done + 1)
+            nj = self.store.enqueue(n, STAGE_KIND[again], job.lane, p, depends_on=job.id,
+                                    key=f"{self.chain_key(job)}/{again}-L{done + 1}")
+            text += f" Queued as job {nj.id} on the {job.lane.value} lane."
+        body = report.result_comment(
+            issue=n, stage=stage, job_id=job.id, result=result, spec=job.payload.get("spec", {}),
+            prereg=job.payload.get("prereg"), ledger=self.ledger(n), run_dir=self._display(job.run_dir),
+            next_step=text, plots=self._plots(job), finding=None, noise=self._noise_units(result))
+        self.outbox.comment(n, self.result_key(job), body, job.run_dir)
+        self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-inconclusive",
+                           "queued" if plan["action"] == "rerun" else "waiting")
+        self._progress_final(job, f"{report.title_of(stage)} INCONCLUSIVE. {text}")
+        self._mark(job, verdict="INCONCLUSIVE", next=stage if plan["action"] == "rerun" else None)
 
     @staticmethod
     def result_key(job) -> str:

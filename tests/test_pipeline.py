@@ -283,3 +283,28 @@ def test_an_inconclusive_ablation_extends_once(gh, tmp_path, sqlite_url, docs_re
     assert by_key(gh, n)[f"i{n}/j{jobs[1].id}/ablation/result"].startswith("**Ablation: EXTEND**")
     assert status_labels(gh, m) == ["refinery:killed"] and d.kv.get(f"graveyard:{m}")["stage"] == "extend"
     d.store.close()
+
+
+def test_an_uninformative_ablation_climbs_the_ladder_once_then_waits(gh, tmp_path, sqlite_url, docs_repo,  # noqa: F811
+                                                                     fake_stage):
+    """INCONCLUSIVE (k-hop at the ceiling) → the ablation again one ladder level up (khop_k 4 → 6, its own spec file)
+    → decided there; a second INCONCLUSIVE waits for a person's spec: never a kill, no graveyard line."""
+    d = daemon_for(gh, tmp_path, sqlite_url, docs_repo)
+    n = gh.create_issue("ceiling ablation=INCONCLUSIVE rerun=PASS", SPEC, labels=["ideas", "cpu"])
+    m = gh.create_issue("ceiling again ablation=INCONCLUSIVE", SPEC.replace("lr = 0.002", "lr = 0.004"),
+                        labels=["ideas", "cpu"])
+    drive(d, lambda: settled(d, n) and settled(d, m) and len(d.store.jobs_for_issue(n)) == 5
+          and len(d.store.jobs_for_issue(m)) == 3)
+    jobs = d.store.jobs_for_issue(n)
+    assert [j.payload["stage"] for j in jobs] == ["smoke", "ablation", "ablation", "replication", "full"]
+    again = jobs[2].payload
+    assert again["spec"]["khop_k"] == 6 and again["spec"]["ablation_steps"] == 4000 and again["ladder_reruns"] == 1
+    assert again["spec_file"].endswith("-L1.json") and jobs[2].depends_on == jobs[1].id
+    first = by_key(gh, n)[f"i{n}/j{jobs[1].id}/ablation/result"]
+    assert first.startswith("**Ablation: INCONCLUSIVE**") and "khop_k 4 → 6" in first
+    assert status_labels(gh, n) == ["refinery:passed"]
+    mj = d.store.jobs_for_issue(m)
+    last = by_key(gh, m)[f"i{m}/j{mj[2].id}/ablation/result"]
+    assert "edit the issue body" in last and "no verdict on the idea" in last
+    assert status_labels(gh, m) == ["refinery:waiting"] and d.kv.get(f"graveyard:{m}") is None
+    d.store.close()
