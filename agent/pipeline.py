@@ -151,7 +151,8 @@ class Pipeline:
             issue=n, stage=stage, job_id=job.id, result=result, spec=job.payload.get("spec", {}),
             prereg=job.payload.get("prereg"), ledger=self.ledger(n), run_dir=self._display(job.run_dir),
             next_step=next_text, plots=(finding or {}).get("plots") or self._plots(job),
-            finding=(finding or {}).get("url") or (finding or {}).get("path"), noise=self._noise_units(result))
+            finding=(finding or {}).get("url") or (finding or {}).get("path"),
+            noise=self._noise_units(result, job.payload.get("spec")))
         self.outbox.comment(n, self.result_key(job), body, job.run_dir)
         status = "passed" if passed else "killed" if killed else "queued"
         self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-{status}", status)
@@ -177,7 +178,8 @@ class Pipeline:
         body = report.result_comment(
             issue=n, stage=stage, job_id=job.id, result=result, spec=job.payload.get("spec", {}),
             prereg=job.payload.get("prereg"), ledger=self.ledger(n), run_dir=self._display(job.run_dir),
-            next_step=text, plots=self._plots(job), finding=None, noise=self._noise_units(result))
+            next_step=text, plots=self._plots(job), finding=None,
+            noise=self._noise_units(result, job.payload.get("spec")))
         self.outbox.comment(n, self.result_key(job), body, job.run_dir)
         self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-inconclusive",
                            "queued" if plan["action"] == "rerun" else "waiting")
@@ -238,7 +240,7 @@ class Pipeline:
 
     def _approvals(self) -> None:
         """full_requires_approval: start a waiting full run once a writer reacted 👍 to the result comment."""
-        if not self.settings.daemon.full_requires_approval or self.tracker is None:
+        if self.tracker is None:  # full runs (full_requires_approval) and ideas held by power (agent/intake.py)
             return
         from agent.tracker import TrackerError
 
@@ -254,11 +256,13 @@ class Pipeline:
                 return
             if not approvers:
                 continue
-            nj = self.store.enqueue(n, "full", want["lane"], want["payload"], depends_on=want["job"], key=want["key"])
-            self.outbox.comment(n, f"i{n}/j{want['job']}/full/approved",
-                                f"Approved by @{approvers[0]} (👍 on the replication's result): full training "
-                                f"queued as job {nj.id} on the {want['lane']} lane.")
-            self.outbox.status(n, f"i{n}/j{want['job']}/full/status-approved", "queued")
+            kind = want.get("kind", "full")
+            nj = self.store.enqueue(n, kind, want["lane"], want["payload"], depends_on=want["job"], key=want["key"])
+            base = f"i{n}/j{want['job']}/full" if kind == "full" else f"i{n}/{want['key']}"
+            on, what = want.get("on", "the replication's result"), want.get("what", "full training")
+            self.outbox.comment(n, f"{base}/approved", f"Approved by @{approvers[0]} (👍 on {on}): {what} queued "
+                                f"as job {nj.id} on the {want['lane']} lane.")
+            self.outbox.status(n, f"{base}/status-approved", "queued")
             self.kv.put(key, {**want, "done": True, "by": approvers[0], "full_job": nj.id})
 
     def waiting_approvals(self) -> list[dict]:
@@ -306,7 +310,8 @@ class Pipeline:
         text = report.finding_markdown(date=date, issue=n, title=title, verdict=verdict,
                                        decided_at=job.payload["stage"], stages=stages,
                                        spec=job.payload.get("spec", {}), prereg=job.payload.get("prereg"),
-                                       issue_url=job.payload.get("url"), noise=self._noise_units(job.result or {}))
+                                       issue_url=job.payload.get("url"),
+                                       noise=self._noise_units(job.result or {}, job.payload.get("spec")))
         files[name] = text.encode()
         self.kv.put(f"finding-name:{name}", self.chain_key(job))
         self.docs.write(files, f"refinery: {verdict} for #{n}: {title[:60]}")
@@ -445,7 +450,11 @@ class Pipeline:
 
         spec_file = runs_dir(self.settings) / "specs" / f"noise-{rnd}.json"
         spec_file.parent.mkdir(parents=True, exist_ok=True)
-        flat = {k: v for k, v in effective(self.settings).items() if k in config.FIELD_SECTION}
+        from experiments import noisefloor  # the newest idea's spec whose floor is unmeasured, else the operator's
+        specs = [noisefloor.settings_of(j.payload["spec"], self.settings) for j in self.store.list(limit=50)
+                 if j.issue is not None and j.payload.get("spec") and j.payload.get("stage") in PIPELINE_STAGES]
+        pick = noisefloor.wanted(self.kv.get("noise-floors") or {}, specs) or self.settings
+        flat = {k: v for k, v in effective(pick).items() if k in config.FIELD_SECTION}
         spec_file.write_text(json.dumps({"spec": flat}, indent=1, sort_keys=True, default=str) + "\n")
         argv = [sys.executable, "-m", "agent.noise", "--spec", str(spec_file), "--run-dir", "{run_dir}",
                 "--seeds", str(d.noise_floor_seeds), "--round", str(rnd)]
@@ -467,16 +476,22 @@ class Pipeline:
                     pooled.setdefault(t, []).append(float(v["std"]))
             floor = {t: (sum(s * s for s in v) / len(v)) ** 0.5 for t, v in pooled.items()}
             self.kv.put("noise-floor.history", hist)
+            from experiments import noisefloor
+            self.kv.put("noise-floors", noisefloor.add(self.kv.get("noise-floors") or {}, res, job.finished_at))
             self.kv.put("noise-floor", {t: round(s, 4) for t, s in floor.items() if s > 0})
             log.info("noise floor: %s", {t: round(s, 2) for t, s in floor.items()})
         else:
             log.warning("noise floor: job %d %s: %s", job.id, job.state, (job.error or res.get("reason") or "")[-300:])
         self._mark(job, verdict=res.get("verdict"))
 
-    def _noise_units(self, result: dict) -> dict[str, float] | None:
-        floor = self.kv.get("noise-floor") or {}
-        out = {t: d / floor[t] for t, d in report.deltas_of(result).items() if floor.get(t)}
-        return out or None
+    def _noise_units(self, result: dict, spec: dict | None = None) -> dict[str, float] | None:
+        """Δ / σ only where the noise floor was measured for this spec's fingerprint (experiments/noisefloor.py)."""
+        from experiments import noisefloor
+
+        if not spec:
+            return None
+        return noisefloor.units(report.deltas_of(result), self.kv.get("noise-floors") or {},
+                                noisefloor.settings_of(spec, self.settings))
 
     # ------------------------------------------------------------------ helpers
     def _plots(self, job) -> list[str]:
