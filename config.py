@@ -227,6 +227,14 @@ DIFFICULTY_LADDERS: dict[str, tuple[dict[str, int], ...]] = {
 }
 
 
+# The calibration's graded positive controls (experiments/calibration.py): the control arm trains this share of
+# ablation_steps (the candidate all of them), so it scores lower by an effect the calibration measures and
+# reports (the targets: about 5, 10, 15 and 20 points at the calibration spec; the measured effect is what is
+# quoted). "aa" is the A/A null: both arms the same architecture, every step, disjoint seeds.
+CALIBRATION_GRADES: dict[str, float] = {"aa": 1.0, "e5": 0.8, "e10": 0.6, "e15": 0.45, "e20": 0.3}
+CALIBRATION_SEED_BASE = 2_000_000  # calibration seeds: never an idea's (0 …), a replication's (10,000 …) or noise's
+
+
 # --------------------------------------------------------------------------- hardware
 @dataclass(frozen=True)
 class HardwareConfig:
