@@ -9,6 +9,8 @@
     replication PASS  → full (after a 👍 from a writer on the replication's result comment when
                         full_requires_approval is on)
     full PASS         → passed: a finding, and a model card when it beats the champion
+    INCONCLUSIVE      → nothing measured (experiments/ladder.py): the stage again one difficulty level on,
+                        once; then the idea waits (refinery:waiting) for a person's spec — never a kill
     any FAIL          → killed: a finding, a ROADMAP graveyard line, refinery:killed
     ERROR / crash     → refinery:failed: a fault of the run, never a verdict on the idea (the queue
                         retries a crashing child with back-off; a child that reports ERROR and exits 0
