@@ -198,6 +198,41 @@ class GateConfig:
     bootstrap_resamples: int = F(10000, "bootstrap resamples", 100, 10**7)
     full_max_loss_gap: float = F(0.02, "full: val loss may be at most this many nats worse than control",
                                  0.0, 10.0)
+    full_depth_gain_points: float = F(3.0, "full: the depth probe 'still rises with r' when its mean accuracy at r̄ "
+                                      "exceeds r = 1 by at least this (the FAIL rule's 'depth does work' bar), and "
+                                      "2r̄ stays within overthink_points of r̄", 0.0, 100.0)
+    uninformative_margin: float = F(3.0, "a depth task where both arms' mean accuracy at r̄ lies within this of 100 "
+                                    "(ceiling) or of the trivial answer's accuracy (floor) measured nothing: it counts "
+                                    "neither for nor against the idea (no +10 effect fits in 3 points)", 0.0, 50.0)
+    inconclusive_reruns: int = F(1, "INCONCLUSIVE: ablation re-runs one level along the task's difficulty ladder "
+                                 "(DIFFICULTY_LADDERS) before the idea waits for a person's spec", 0, 8)
+    power_target: float = F(0.8, "power before spending: the chance the gate must have to PASS the pre-registered "
+                            "expected_delta at the measured noise floor", 0.5, 0.999)
+    power_sims: int = F(20000, "power before spending: simulated ablations per seed count (normal seed noise)",
+                        100, 10**7)
+
+
+# Each depth task's difficulty ladder, easiest first: a level is the spec fields it sets. An ablation whose task
+# came out uninformative (both arms at the ceiling, or at the trivial answer's accuracy) is re-run one level up
+# (ceiling) or down (floor); ablation_steps is a minimum at that level (a re-run never trains fewer steps). A
+# spec value between two levels counts as the level below it. experiments/ladder.py reads this.
+DIFFICULTY_LADDERS: dict[str, tuple[dict[str, int], ...]] = {
+    "khop": ({"khop_k": 1}, {"khop_k": 2}, {"khop_k": 3, "ablation_steps": 2000},
+             {"khop_k": 4, "ablation_steps": 3000}, {"khop_k": 6, "ablation_steps": 4000},
+             {"khop_k": 8, "ablation_steps": 5000}),
+    "s5": ({"s5_len": 4}, {"s5_len": 6}, {"s5_len": 8, "ablation_steps": 2000}, {"s5_len": 10, "ablation_steps": 3000},
+           {"s5_len": 12, "ablation_steps": 4000}, {"s5_len": 16, "ablation_steps": 5000}),
+    "listops": ({"listops_depth": 1}, {"listops_depth": 2}, {"listops_depth": 3, "ablation_steps": 2500},
+                {"listops_depth": 4, "ablation_steps": 4000}),
+}
+
+
+# The calibration's graded positive controls (experiments/calibration.py): the control arm trains this share of
+# ablation_steps (the candidate all of them), so it scores lower by an effect the calibration measures and
+# reports (the targets: about 5, 10, 15 and 20 points at the calibration spec; the measured effect is what is
+# quoted). "aa" is the A/A null: both arms the same architecture, every step, disjoint seeds.
+CALIBRATION_GRADES: dict[str, float] = {"aa": 1.0, "e5": 0.8, "e10": 0.6, "e15": 0.45, "e20": 0.3}
+CALIBRATION_SEED_BASE = 2_000_000  # calibration seeds: never an idea's (0 …), a replication's (10,000 …) or noise's
 
 
 # --------------------------------------------------------------------------- hardware
@@ -638,3 +673,8 @@ def describe(settings: Settings) -> list[dict[str, str]]:
          "value": "set" if read_github_token(settings=settings) else "not set"}]
 
 
+
+
+for _task, _levels in DIFFICULTY_LADDERS.items():  # a ladder only names spec fields, its knob first in every level
+    assert _task in TASK_NAMES and _levels, _task
+    assert all(next(iter(lv)) == next(iter(_levels[0])) and set(lv) <= set(FIELD_SECTION) for lv in _levels), _task

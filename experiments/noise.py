@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import config
+    from experiments.noisefloor import fingerprint
     from experiments.runs import Run
     from experiments.train import train_task
 
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             done += steps
             run.metric({"run": f"reasoner/{t}/s{seed}", **res["acc"]})
             run.log(f"noise floor: reasoner/{t}/s{seed}: acc at r̄ {res['acc']['rbar']:.1f}")
-        out[t] = {"values": values, "mean": statistics.fmean(values), "std": statistics.stdev(values)}
+        out[t] = {"values": values, "mean": statistics.fmean(values), "std": statistics.stdev(values),
+                  "fingerprint": fingerprint(settings, t)}  # experiments/noisefloor.py: what shaped these runs
     run.progress(total, total, "done", force=True)
     run.write_result({"verdict": "DONE", "reason": "; ".join(f"{t} σ {v['std']:.2f} points" for t, v in out.items()),
                       "tasks": out, "seeds": seeds, "steps": steps, "wall_s": round(time.time() - t0, 2)})

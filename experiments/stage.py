@@ -4,7 +4,7 @@
 
 writes DIR/config.json, DIR/log.txt (preamble first), DIR/metrics.jsonl, DIR/progress.json, DIR/plots/*.png,
 DIR/ckpt/ and, LAST and atomically, DIR/result.json = {verdict, reason, stage, evidence, figures, wall_s, ...}.
-Exit 0 when result.json holds a verdict (PASS, FAIL, EXTEND); EX_ERROR (3) when it holds ERROR (a fault of
+Exit 0 when result.json holds a verdict (PASS, FAIL, EXTEND, INCONCLUSIVE); EX_ERROR (3) when it holds ERROR (a fault of
 the run, e.g. out of memory, a full disk or a corrupt checkpoint, never counted against the idea; the
 queue retries it with back-off); 75 after SIGTERM (the work done so far is
 kept: finished sub-runs in DIR/done.jsonl, the running full-stage run in DIR/ckpt/; rerun to resume).

@@ -185,9 +185,11 @@ def _evidence(ctx: Ctx, done: dict, seeds: list[int], extended: bool) -> dict:
     s = ctx.settings
     tasks = {t: "depth" for t in s.stages.tasks}
     tasks[s.stages.control_task] = "control"
-    ev: dict[str, Any] = {"tasks": {}, "extended": extended, "seeds": seeds}
+    ev: dict[str, Any] = {"tasks": {}, "extended": extended, "seeds": seeds,
+                          "primary": (ctx.prereg or {}).get("primary_task")}
     for t, role in tasks.items():
-        ev["tasks"][t] = {"role": role}
+        floors = [done[k]["floor"] for k in done if done[k]["task"] == t and "floor" in done[k]]
+        ev["tasks"][t] = {"role": role, "floor": 100.0 * floors[0] if floors else None}  # trivial answer, points
         for arm in ("candidate", "control"):
             recs = [done[f"{arm}/{t}/s{sd}"] for sd in seeds]
             ev["tasks"][t][arm] = {k: [r["acc"][k] for r in recs] for k in ("r1", "rbar", "r2bar")}

@@ -283,3 +283,54 @@ def test_an_inconclusive_ablation_extends_once(gh, tmp_path, sqlite_url, docs_re
     assert by_key(gh, n)[f"i{n}/j{jobs[1].id}/ablation/result"].startswith("**Ablation: EXTEND**")
     assert status_labels(gh, m) == ["refinery:killed"] and d.kv.get(f"graveyard:{m}")["stage"] == "extend"
     d.store.close()
+
+
+def test_an_uninformative_ablation_climbs_the_ladder_once_then_waits(gh, tmp_path, sqlite_url, docs_repo,  # noqa: F811
+                                                                     fake_stage):
+    """INCONCLUSIVE (k-hop at the ceiling) → the ablation again one ladder level up (khop_k 4 → 6, its own spec file)
+    → decided there; a second INCONCLUSIVE waits for a person's spec: never a kill, no graveyard line."""
+    d = daemon_for(gh, tmp_path, sqlite_url, docs_repo)
+    n = gh.create_issue("ceiling ablation=INCONCLUSIVE rerun=PASS", SPEC, labels=["ideas", "cpu"])
+    m = gh.create_issue("ceiling again ablation=INCONCLUSIVE", SPEC.replace("lr = 0.002", "lr = 0.004"),
+                        labels=["ideas", "cpu"])
+    drive(d, lambda: settled(d, n) and settled(d, m) and len(d.store.jobs_for_issue(n)) == 5
+          and len(d.store.jobs_for_issue(m)) == 3)
+    jobs = d.store.jobs_for_issue(n)
+    assert [j.payload["stage"] for j in jobs] == ["smoke", "ablation", "ablation", "replication", "full"]
+    again = jobs[2].payload
+    assert again["spec"]["khop_k"] == 6 and again["spec"]["ablation_steps"] == 4000 and again["ladder_reruns"] == 1
+    assert again["spec_file"].endswith("-L1.json") and jobs[2].depends_on == jobs[1].id
+    first = by_key(gh, n)[f"i{n}/j{jobs[1].id}/ablation/result"]
+    assert first.startswith("**Ablation: INCONCLUSIVE**") and "khop_k 4 → 6" in first
+    assert status_labels(gh, n) == ["refinery:passed"]
+    mj = d.store.jobs_for_issue(m)
+    last = by_key(gh, m)[f"i{m}/j{mj[2].id}/ablation/result"]
+    assert "edit the issue body" in last and "no verdict on the idea" in last
+    assert status_labels(gh, m) == ["refinery:waiting"] and d.kv.get(f"graveyard:{m}") is None
+    d.store.close()
+
+
+def test_a_spec_that_cannot_pass_waits_for_a_thumbs_up_before_anything_runs(gh, tmp_path, sqlite_url,  # noqa: F811
+                                                                            docs_repo, fake_stage):
+    """ablation_seeds = 3: 3 v 3 cannot reach p ≤ 0.01. One comment with the numbers, nothing queued; a writer's 👍
+    on it queues the smoke test (experiments/power.py, agent/intake.py, Pipeline._approvals)."""
+    d = daemon_for(gh, tmp_path, sqlite_url, docs_repo)
+    gh.add_collaborator("eve", "read")
+    n = gh.create_issue("three seeds", SPEC.replace("lr = 0.002", "lr = 0.002\nablation_seeds = 3"),
+                        labels=["ideas", "cpu"])
+    drive(d, lambda: any(k.endswith("/power") for k in by_key(gh, n)))
+    key = next(k for k in by_key(gh, n) if k.endswith("/power"))
+    body = by_key(gh, n)[key]
+    assert "3 v 3 seeds cannot reach p ≤ α = 0.01" in body and "👍" in body
+    cid = next(c["id"] for c in bot_comments(gh, n) if key in c["body"])
+    gh.add_reaction(cid, "eve", "+1")  # read access: not enough
+    for _ in range(20):
+        d.tick()
+        time.sleep(0.05)
+    assert d.store.jobs_for_issue(n) == [] and status_labels(gh, n) == ["refinery:waiting"]
+    gh.add_reaction(cid, "alice", "+1")
+    drive(d, lambda: settled(d, n) and len(d.store.jobs_for_issue(n)) == 4)
+    assert [j.payload["stage"] for j in d.store.jobs_for_issue(n)][0] == "smoke"
+    assert any(b.startswith("Approved by @alice (👍 on the power comment): the smoke test queued")
+               for b in by_key(gh, n).values())
+    d.store.close()

@@ -37,6 +37,7 @@ from agent.daemon.outbox import Outbox
 from agent.reporting.report import spec_lines
 from agent.state.tables import IntakeMemory, KeyValue
 from agent.trackers.interface import TRUSTED_PERMISSIONS, Issue, Tracker, TrackerUnavailable
+from experiments import noisefloor
 from experiments.spec import spec_from_issue
 from experiments.stage import stage_argv
 from jobqueue.models import LIVE
@@ -226,6 +227,8 @@ class Intake:
         tmp.replace(spec_file)
         payload = {"argv": stage_argv("smoke", str(spec_file)), "stage": "smoke", "spec_file": str(spec_file),
                    "spec": res.spec, "given": res.given, "prereg": res.prereg, "title": issue.title, "url": issue.url}
+        if self._power_hold(n, h, spec_key, res, payload, lane):  # experiments/power.py: nothing queued yet
+            return "waiting"
         job = self.store.enqueue(n, "smoke", lane, payload, key=f"spec-{spec_key}")
         if held:
             self.store.hold_issue(n)
@@ -235,6 +238,27 @@ class Intake:
         self.memory.put(n, status="enqueued", body_hash=h, spec_key=spec_key)
         log.info("intake: #%d → smoke job %d on %s", n, job.id, lane)
         return "enqueued"
+
+    def _power_hold(self, n: int, h: str, spec_key: str, res, payload: dict, lane: str) -> bool:
+        """Power before spending: a spec that cannot PASS, or whose pre-registered effect its allowed seeds cannot
+        see at its measured noise floor, gets one comment with the numbers and waits for an edited spec (a new
+        body: processed afresh) or a writer's 👍 on that comment (Pipeline._approvals queues the smoke test)."""
+        from experiments import power  # scipy: loaded when an idea arrives, not at every daemon or CLI start
+
+        kv = KeyValue(self.store.engine)
+        primary = (res.prereg or {}).get("primary_task") or res.settings.stages.tasks[0]
+        chk = power.check(res.settings, res.prereg,
+                          noisefloor.floor_for(kv.get("noise-floors") or {}, res.settings, primary))
+        if chk["ok"]:
+            return False
+        key = f"i{n}/spec-{spec_key}/power"
+        self.outbox.comment(n, key, chk["text"])
+        kv.put(f"approval:power-{spec_key}", {"issue": n, "job": None, "kind": "smoke", "payload": payload,
+                                               "key": f"spec-{spec_key}", "lane": lane, "comment": key,
+                                               "what": "the smoke test", "on": "the power comment"})
+        self.outbox.status(n, f"{key}/status", "waiting")
+        self.memory.put(n, status="enqueued", body_hash=h, spec_key=spec_key)
+        return True
 
     def _graveyard_check(self, n: int, spec_key: str, spec: dict, held: bool = False) -> None:
         """Comment when the idea resembles a killed one (agent/daemon/graveyard.py); it still runs (unless held)."""

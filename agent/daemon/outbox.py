@@ -41,6 +41,7 @@ STATUS_LABELS: dict[str, tuple[str, str]] = {
     "refinery:failed": ("b60205", "refinery: a job failed (error, not a verdict)"),
     "refinery:invalid": ("e99695", "refinery: the spec in the issue body has errors"),
     "refinery:cancelled": ("d4c5f9", "refinery: cancelled (issue closed or by hand)"),
+    "refinery:waiting": ("fef2c0", "refinery: waits for a person: an edited spec or a writer's 👍 (not a verdict)"),
 }
 MAX_TRIES = 5  # refusals (4xx) before a write is marked dead
 

@@ -9,6 +9,8 @@
     replication PASS  → full (after a 👍 from a writer on the replication's result comment when
                         full_requires_approval is on)
     full PASS         → passed: a finding, and a model card when it beats the champion
+    INCONCLUSIVE      → nothing measured (experiments/ladder.py): the stage again one difficulty level on,
+                        once; then the idea waits (refinery:waiting) for a person's spec — never a kill
     any FAIL          → killed: a finding, a ROADMAP graveyard line, refinery:killed
     ERROR / crash     → refinery:failed: a fault of the run, never a verdict on the idea (the queue
                         retries a crashing child with back-off; a child that reports ERROR and exits 0
@@ -39,6 +41,7 @@ import config
 from agent.daemon.outbox import Outbox
 from agent.reporting import report
 from agent.trackers.interface import TrackerError
+from experiments import ladder, noisefloor
 from experiments.noise import noise_argv
 from experiments.runs import error_reason, last_metrics, plot_files, read_progress
 from experiments.spec import effective
@@ -50,7 +53,7 @@ log = logging.getLogger("refinery.pipeline")
 STAGE_KIND = {"smoke": "smoke", "ablation": "ablation", "extend": "ablation", "replication": "replication",
               "full": "full"}
 PIPELINE_STAGES = tuple(STAGE_KIND)
-VERDICTS = ("PASS", "FAIL", "EXTEND")  # verdicts on the idea; anything else is a fault of the run
+VERDICTS = ("PASS", "FAIL", "EXTEND", "INCONCLUSIVE")  # the gate's; anything else is a fault of the run
 DECIDED = (State.SUCCEEDED, State.FAILED)
 WINDOW = 50  # newest decided jobs per state looked at on each pass
 SWEEP, SWEEP_S = 1000, 60.0  # and this many, this often (and on the first pass: nothing is missed after a restart)
@@ -136,6 +139,9 @@ class Pipeline:
         if verdict not in VERDICTS:
             self._failed(job, result)
             return
+        if verdict == "INCONCLUSIVE":  # nothing measured: one step along the difficulty ladder, never a kill
+            self._inconclusive(job, result)
+            return
         nxt = next_stage(stage, verdict)
         killed = is_kill(stage, verdict)
         passed = stage == "full" and verdict == "PASS"
@@ -152,12 +158,38 @@ class Pipeline:
             issue=n, stage=stage, job_id=job.id, result=result, spec=job.payload.get("spec", {}),
             prereg=job.payload.get("prereg"), ledger=self.ledger(n), run_dir=self._display(job.run_dir),
             next_step=next_text, plots=(finding or {}).get("plots") or self._plots(job),
-            finding=(finding or {}).get("url") or (finding or {}).get("path"), noise=self._noise_units(result))
+            finding=(finding or {}).get("url") or (finding or {}).get("path"),
+            noise=self._noise_units(result, job.payload.get("spec")))
         self.outbox.comment(n, self.result_key(job), body, job.run_dir)
         status = "passed" if passed else "killed" if killed else "queued"
         self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-{status}", status)
         self._progress_final(job, f"{report.title_of(stage)} {verdict}. {next_text}")
         self._mark(job, verdict=verdict, next=nxt)
+
+    def _inconclusive(self, job, result: dict) -> None:
+        """experiments/ladder.py decides: the same stage again one ladder level on, or a wait for a person's spec."""
+        n, p, stage = job.issue, dict(job.payload), job.payload["stage"]
+        done = int(p.get("ladder_reruns", 0))
+        plan = ladder.plan(result.get("evidence") or {}, p.get("spec", {}), done, self.settings)
+        text = plan["text"]
+        if plan["action"] == "rerun" and p.get("spec_file"):
+            again = "ablation" if stage == "extend" else stage
+            spec_file = str(ladder.write_spec(p["spec_file"], plan["overrides"], done + 1))
+            p.update(stage=again, argv=stage_argv(again, spec_file), spec_file=spec_file, previous_job=job.id,
+                     spec={**p.get("spec", {}), **plan["overrides"]}, ladder_reruns=done + 1)
+            nj = self.store.enqueue(n, STAGE_KIND[again], job.lane, p, depends_on=job.id,
+                                    key=f"{self.chain_key(job)}/{again}-L{done + 1}")
+            text += f" Queued as job {nj.id} on the {job.lane.value} lane."
+        body = report.result_comment(
+            issue=n, stage=stage, job_id=job.id, result=result, spec=job.payload.get("spec", {}),
+            prereg=job.payload.get("prereg"), ledger=self.ledger(n), run_dir=self._display(job.run_dir),
+            next_step=text, plots=self._plots(job), finding=None,
+            noise=self._noise_units(result, job.payload.get("spec")))
+        self.outbox.comment(n, self.result_key(job), body, job.run_dir)
+        self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-inconclusive",
+                           "queued" if plan["action"] == "rerun" else "waiting")
+        self._progress_final(job, f"{report.title_of(stage)} INCONCLUSIVE. {text}")
+        self._mark(job, verdict="INCONCLUSIVE", next=stage if plan["action"] == "rerun" else None)
 
     @staticmethod
     def result_key(job) -> str:
@@ -212,7 +244,7 @@ class Pipeline:
 
     def _approvals(self) -> None:
         """full_requires_approval: start a waiting full run once a writer reacted 👍 to the result comment."""
-        if not self.settings.daemon.full_requires_approval or self.tracker is None:
+        if self.tracker is None:  # full runs (full_requires_approval) and ideas held by power (agent/intake.py)
             return
         for key in self.kv.keys("approval:"):
             want = self.kv.get(key)
@@ -226,11 +258,13 @@ class Pipeline:
                 return
             if not approvers:
                 continue
-            nj = self.store.enqueue(n, "full", want["lane"], want["payload"], depends_on=want["job"], key=want["key"])
-            self.outbox.comment(n, f"i{n}/j{want['job']}/full/approved",
-                                f"Approved by @{approvers[0]} (👍 on the replication's result): full training "
-                                f"queued as job {nj.id} on the {want['lane']} lane.")
-            self.outbox.status(n, f"i{n}/j{want['job']}/full/status-approved", "queued")
+            kind = want.get("kind", "full")
+            nj = self.store.enqueue(n, kind, want["lane"], want["payload"], depends_on=want["job"], key=want["key"])
+            base = f"i{n}/j{want['job']}/full" if kind == "full" else f"i{n}/{want['key']}"
+            on, what = want.get("on", "the replication's result"), want.get("what", "full training")
+            self.outbox.comment(n, f"{base}/approved", f"Approved by @{approvers[0]} (👍 on {on}): {what} queued "
+                                f"as job {nj.id} on the {want['lane']} lane.")
+            self.outbox.status(n, f"{base}/status-approved", "queued")
             self.kv.put(key, {**want, "done": True, "by": approvers[0], "full_job": nj.id})
 
     # ------------------------------------------------------------------ documents
@@ -270,7 +304,8 @@ class Pipeline:
         text = report.finding_markdown(date=date, issue=n, title=title, verdict=verdict,
                                        decided_at=job.payload["stage"], stages=stages,
                                        spec=job.payload.get("spec", {}), prereg=job.payload.get("prereg"),
-                                       issue_url=job.payload.get("url"), noise=self._noise_units(job.result or {}))
+                                       issue_url=job.payload.get("url"),
+                                       noise=self._noise_units(job.result or {}, job.payload.get("spec")))
         files[name] = text.encode()
         self.kv.put(f"finding-name:{name}", self.chain_key(job))
         self.docs.write(files, f"refinery: {verdict} for #{n}: {title[:60]}")
@@ -406,7 +441,11 @@ class Pipeline:
         rnd = int(last.get("round", 0)) + 1
         spec_file = self.settings.runs_path / "specs" / f"noise-{rnd}.json"
         spec_file.parent.mkdir(parents=True, exist_ok=True)
-        flat = {k: v for k, v in effective(self.settings).items() if k in config.FIELD_SECTION}
+        # the newest idea's spec whose floor is unmeasured, else the operator's
+        specs = [noisefloor.settings_of(j.payload["spec"], self.settings) for j in self.store.list(limit=50)
+                 if j.issue is not None and j.payload.get("spec") and j.payload.get("stage") in PIPELINE_STAGES]
+        pick = noisefloor.wanted(self.kv.get("noise-floors") or {}, specs) or self.settings
+        flat = {k: v for k, v in effective(pick).items() if k in config.FIELD_SECTION}
         spec_file.write_text(json.dumps({"spec": flat}, indent=1, sort_keys=True, default=str) + "\n")
         argv = noise_argv(str(spec_file), d.noise_floor_seeds, rnd)
         job = self.store.enqueue(None, "task", lane, {"argv": argv, "noise": True, "stage": "noise", "round": rnd},
@@ -427,16 +466,19 @@ class Pipeline:
                     pooled.setdefault(t, []).append(float(v["std"]))
             floor = {t: (sum(s * s for s in v) / len(v)) ** 0.5 for t, v in pooled.items()}
             self.kv.put("noise-floor.history", hist)
+            self.kv.put("noise-floors", noisefloor.add(self.kv.get("noise-floors") or {}, res, job.finished_at))
             self.kv.put("noise-floor", {t: round(s, 4) for t, s in floor.items() if s > 0})
             log.info("noise floor: %s", {t: round(s, 2) for t, s in floor.items()})
         else:
             log.warning("noise floor: job %d %s: %s", job.id, job.state, (job.error or res.get("reason") or "")[-300:])
         self._mark(job, verdict=res.get("verdict"))
 
-    def _noise_units(self, result: dict) -> dict[str, float] | None:
-        floor = self.kv.get("noise-floor") or {}
-        out = {t: d / floor[t] for t, d in report.deltas_of(result).items() if floor.get(t)}
-        return out or None
+    def _noise_units(self, result: dict, spec: dict | None = None) -> dict[str, float] | None:
+        """Δ / σ only where the noise floor was measured for this spec's fingerprint (experiments/noisefloor.py)."""
+        if not spec:
+            return None
+        return noisefloor.units(report.deltas_of(result), self.kv.get("noise-floors") or {},
+                                noisefloor.settings_of(spec, self.settings))
 
     # ------------------------------------------------------------------ helpers
     def _plots(self, job) -> list[str]:

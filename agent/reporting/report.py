@@ -104,6 +104,10 @@ def evidence_table(result: dict[str, Any]) -> str:
                f"{ev.get('mean_candidate', 0):.4f} |\n"
                f"| control | {', '.join(f'{v:.4f}' for v in ev['val_loss_control'])} | "
                f"{ev.get('mean_control', 0):.4f} |\n\nloss gap {ev.get('loss_gap', 0):+.4f} nats")
+        if ev.get("loss_gap_ci"):
+            out += f" [{ev['loss_gap_ci'][0]:+.4f}, {ev['loss_gap_ci'][1]:+.4f}]"
+        if ev.get("p_superiority") is not None:
+            out += f", P(candidate lower) {_prob(ev['p_superiority'])}"
         if ev.get("welch_p") is not None:
             out += f" (Welch p = {_p(ev['welch_p'])})"
         if ev.get("depth_curve_mean"):

@@ -1,0 +1,295 @@
+"""The gate's error rates from genuinely independent ablations: the A/A false-PASS count and a graded power curve.
+
+    python -m experiments.calibration unit --grade aa --index 3 [--spec S] [--run-dir DIR]   # one ablation
+    python -m experiments.calibration run [--per-grade 10] [--grades aa,e10] [--quick]        # the missing ones
+    python -m experiments.calibration summary [--json PATH]                                   # docs/calibration/
+
+Every *unit* is one full ablation at the calibration setting (a spec, default the demo's), decided by
+gate.decide_ablation exactly as the stage does (EXTEND trains the extra seeds and re-decides at α/2). Its seeds are
+its own: CALIBRATION_SEED_BASE + a block per (grade, index), disjoint from every other unit's, so no run is used
+twice and the units are independent. Grades (config.CALIBRATION_GRADES): "aa" — both arms the spec's
+architecture with every step, so any PASS is a false PASS; "e5" … "e20" — the control arm trains a share of the
+steps (a crippled arm), an effect the summary measures per unit (mean Δ at r̄) rather than assumes.
+
+Resumable: each run is appended to runs/calibration/<key>/<grade>-<index>/runs.jsonl as it finishes, a decided unit
+writes <grade>-<index>.json; <key> hashes the calibration settings, so another spec starts another series. As a
+queue job (kind "calibrate", cpu lane: `refinery queue enqueue`), `unit --run-dir {run_dir}` writes result.json.
+The summary reports per grade the ablations behind it, the verdicts, the PASS count with its exact (Clopper–
+Pearson) 95% interval, the measured effect, and the effect at which detection reaches power_target (linear
+interpolation between graded points; None when not reached); plots and JSON go to docs/calibration/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+import config
+from config import CALIBRATION_GRADES, CALIBRATION_SEED_BASE, ROOT, Settings
+from experiments import gate
+from experiments.runs import versions, write_json_atomic
+
+UNITS_DIR = ROOT / "runs" / "calibration"
+DOCS_DIR = ROOT / "docs" / "calibration"
+DEFAULT_SPEC = ROOT / "experiments" / "specs" / "demo.toml"
+BLOCK = 10_000  # seeds reserved per grade: unit i of grade g uses base + g·BLOCK + i·2(n + extend) …
+
+
+def series_key(s: Settings) -> str:
+    keys = {k: s.get(k) for k in sorted(s.flat()) if config.FIELD_SECTION[k] in ("model", "train", "stages", "gate")
+            and k not in ("stage_jobs", "stage_threads", "device")}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def unit_seeds(s: Settings, grade: str, index: int) -> dict[str, list[int]]:
+    """Disjoint seeds of one unit: candidate and control, first round and extension."""
+    n, e = s.stages.ablation_seeds, s.gate.extend_seeds
+    b = CALIBRATION_SEED_BASE + list(CALIBRATION_GRADES).index(grade) * BLOCK + index * 2 * (n + e)
+    if index * 2 * (n + e) + 2 * (n + e) > BLOCK:
+        raise config.ConfigError([config.Problem("calibration", f"unit {index} of {grade} runs past its seed block",
+                                                 "use fewer units per grade")])
+    return {"candidate": list(range(b, b + n)), "control": list(range(b + n, b + 2 * n)),
+            "candidate_ext": list(range(b + 2 * n, b + 2 * n + e)), "control_ext": list(range(b + 2 * n + e,
+                                                                                              b + 2 * (n + e)))}
+
+
+def _run(s: Settings, task: str, seed: int, steps: int, arm: str) -> dict:
+    from experiments.train import train_task
+
+    res = train_task(s, task, seed, steps)
+    return {"key": f"{arm}/{task}/s{seed}", "arm": arm, "task": task, "seed": seed, "steps": steps, **res["acc"],
+            "floor": res["floor"], "train_s": res["train_s"]}
+
+
+def _train(s: Settings, grade: str, path: Path, seeds: dict[str, list[int]], which: tuple[str, str],
+           jobs: int, log) -> dict[str, dict]:
+    from experiments.train import run_many, stage_jobs
+
+    have: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip().endswith("}"):
+                rec = json.loads(line)
+                have[rec["key"]] = rec
+    steps = s.stages.ablation_steps
+    tasks = list(s.stages.tasks) + [s.stages.control_task]
+    todo = []
+    for arm_key in which:
+        arm = arm_key.split("_")[0]
+        for seed in seeds[arm_key]:
+            for t in tasks:
+                crippled = arm == "control" and t in s.stages.tasks  # the control task stays intact
+                st = max(1, round(steps * CALIBRATION_GRADES[grade])) if crippled else steps
+                if f"{arm}/{t}/s{seed}" not in have:
+                    todo.append((s, t, seed, st, arm))
+    jobs = jobs or stage_jobs(s, len(todo))
+    for _, rec in run_many(_run, todo, max(1, min(jobs, len(todo) or 1))):
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        have[rec["key"]] = rec
+        log(f"{grade} {rec['key']}: r̄ {rec['rbar']:.1f} ({rec['train_s']:.1f} s)")
+    return have
+
+
+def _evidence(s: Settings, runs: dict[str, dict], cand: list[int], ctrl: list[int], extended: bool) -> dict:
+    tasks = {t: "depth" for t in s.stages.tasks} | {s.stages.control_task: "control"}
+    ev: dict[str, Any] = {"tasks": {}, "extended": extended}
+    for t, role in tasks.items():
+        floor = next((r["floor"] for r in runs.values() if r["task"] == t), None)
+        ev["tasks"][t] = {"role": role, "floor": None if floor is None else 100.0 * floor}
+        for arm, seeds in (("candidate", cand), ("control", ctrl)):
+            ev["tasks"][t][arm] = {k: [runs[f"{arm}/{t}/s{sd}"][k] for sd in seeds] for k in ("r1", "rbar", "r2bar")}
+    return ev
+
+
+def run_unit(s: Settings, grade: str, index: int, root: Path | None = None, jobs: int = 0, log=print) -> dict:
+    """One independent ablation (resumable); returns its record (also written as <grade>-<index>.json)."""
+    d = (root or UNITS_DIR) / series_key(s)
+    out = d / f"{grade}-{index}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    (d / f"{grade}-{index}").mkdir(parents=True, exist_ok=True)
+    runs_file = d / f"{grade}-{index}" / "runs.jsonl"
+    seeds = unit_seeds(s, grade, index)
+    t0 = time.time()
+    runs = _train(s, grade, runs_file, seeds, ("candidate", "control"), jobs, log)
+    v = gate.decide_ablation(_evidence(s, runs, seeds["candidate"], seeds["control"], False), s)
+    first = v.verdict
+    if v.verdict == "EXTEND":
+        runs = _train(s, grade, runs_file, seeds, ("candidate_ext", "control_ext"), jobs, log)
+        v = gate.decide_ablation(_evidence(s, runs, seeds["candidate"] + seeds["candidate_ext"],
+                                           seeds["control"] + seeds["control_ext"], True), s)
+    depth = {t: v.evidence["tasks"][t]["delta"] for t in s.stages.tasks}
+    rec = {"grade": grade, "index": index, "verdict": v.verdict, "first_round": first, "reason": v.reason,
+           "delta": depth, "effect": float(np.mean(list(depth.values()))),
+           "uninformative": v.evidence.get("uninformative", {}), "seeds": seeds, "runs": len(runs),
+           "wall_s": round(time.time() - t0, 1), "series": series_key(s),
+           "control_steps_share": CALIBRATION_GRADES[grade]}
+    write_json_atomic(out, rec)
+    return rec
+
+
+def load_units(s: Settings, root: Path | None = None) -> list[dict]:
+    d = (root or UNITS_DIR) / series_key(s)
+    return [json.loads(p.read_text()) for p in sorted(d.glob("*-*.json"))] if d.is_dir() else []
+
+
+def _ci(k: int, n: int) -> list[float] | None:
+    if not n:
+        return None
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
+def summarize(s: Settings, units: list[dict]) -> dict[str, Any]:
+    """Per grade: independent ablations, verdicts, PASS count and its exact interval, measured effect; the power
+    curve and the effect at which detection reaches power_target."""
+    grades: dict[str, Any] = {}
+    for g in CALIBRATION_GRADES:
+        us = [u for u in units if u["grade"] == g]
+        if not us:
+            continue
+        k = sum(u["verdict"] == "PASS" for u in us)
+        verdicts = {v: sum(u["verdict"] == v for u in us) for v in gate.VERDICTS}
+        grades[g] = {"independent_ablations": len(us), "verdicts": verdicts, "pass": k, "pass_rate": k / len(us),
+                     "pass_rate_ci95": _ci(k, len(us)), "effect_mean": float(np.mean([u["effect"] for u in us])),
+                     "effect_per_task": {t: float(np.mean([u["delta"][t] for u in us])) for t in us[0]["delta"]},
+                     "control_steps_share": CALIBRATION_GRADES[g], "runs": sum(u["runs"] for u in us)}
+    curve = sorted(((v["effect_mean"], v["pass_rate"], v["independent_ablations"]) for g, v in grades.items()
+                    if g != "aa"), key=lambda x: x[0])
+    at = None
+    for (e0, p0, _), (e1, p1, _) in zip(curve, curve[1:]):
+        if p0 < s.gate.power_target <= p1:
+            at = e0 + (s.gate.power_target - p0) * (e1 - e0) / (p1 - p0)
+            break
+    if at is None and curve and curve[0][1] >= s.gate.power_target:
+        at = curve[0][0]  # already at the smallest graded effect: an upper bound
+    return {"grades": grades, "power_curve": [{"effect": e, "detection": p, "independent_ablations": n}
+                                              for e, p, n in curve],
+            "effect_at_power_target": at, "power_target": s.gate.power_target, "series": series_key(s)}
+
+
+def plot(summary: dict, path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    pts = summary["power_curve"]
+    if pts:
+        ax.plot([p["effect"] for p in pts], [p["detection"] for p in pts], "o-", label="graded crippled control")
+        for p in pts:
+            ax.annotate(f"n={p['independent_ablations']}", (p["effect"], p["detection"]), fontsize=7)
+    aa = summary["grades"].get("aa")
+    if aa:
+        ax.errorbar([aa["effect_mean"]], [aa["pass_rate"]], yerr=[[0], [aa["pass_rate_ci95"][1] - aa["pass_rate"]]],
+                    fmt="s", color="grey", label=f"A/A false PASS (n={aa['independent_ablations']})")
+    ax.axhline(summary["power_target"], color="grey", ls=":", lw=1)
+    ax.set_xlabel("measured effect: mean Δ at r̄ over depth tasks (points)")
+    ax.set_ylabel("PASS rate (independent ablations)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def report(s: Settings, units: list[dict], out_json: Path, docs: Path | None = None) -> dict:
+    """The benchmark JSON (DESIGN.md contract) and docs/calibration/ (plot, summary.json)."""
+    from refiner_model.precision import resolve_device
+
+    summ = summarize(s, units)
+    aa = summ["grades"].get("aa")
+    targets = []
+    if aa:
+        targets.append({"name": "false_pass_rate_independent", "value": aa["pass_rate"], "target": 0.01,
+                        "unit": f"fraction of {aa['independent_ablations']} independent A/A ablations ({aa['pass']} "
+                                f"PASS; exact 95% CI {aa['pass_rate_ci95'][0]:.3f}–{aa['pass_rate_ci95'][1]:.3f})",
+                        "met": aa["pass_rate_ci95"][1] <= 0.01 if aa["pass_rate_ci95"] else False})
+    for g, v in summ["grades"].items():
+        if g != "aa":
+            targets.append({"name": f"detection_{g}", "value": v["pass_rate"], "target": s.gate.power_target,
+                            "unit": f"fraction of {v['independent_ablations']} independent ablations at a measured "
+                                    f"effect of {v['effect_mean']:+.1f} points (control arm at "
+                                    f"{v['control_steps_share']:.0%} of the steps)",
+                            "met": v["pass_rate"] >= s.gate.power_target})
+    at = summ["effect_at_power_target"]
+    targets.append({"name": "effect_at_80pct_detection", "value": at if at is not None else float("nan"),
+                    "target": s.gate.pass_delta_points, "unit": "points (interpolated on the graded power curve; nan: "
+                    "not reached)", "met": at is not None and at <= 2 * s.gate.pass_delta_points})
+    out = {"device": str(resolve_device(s.train.device)), "versions": versions(), "figures": summ,
+           "method": "independent ablations: disjoint seeds per unit, each run used once, no resampling",
+           "targets": targets}
+    write_json_atomic(out_json, out)
+    if docs:
+        docs.mkdir(parents=True, exist_ok=True)
+        out["plot"] = plot(summ, docs / "power_curve.png")
+        write_json_atomic(docs / "summary.json", out)
+    return out
+
+
+def _settings(spec: str | None, quick: bool) -> Settings:
+    from experiments.spec import spec_from_file
+
+    s = spec_from_file(spec or DEFAULT_SPEC).settings
+    if quick:  # the machinery in about a minute: tiny steps and test sets (its figures are not the calibration)
+        s = s.replace({"ablation_steps": 40, "test_examples": 200, "ablation_seeds": 3, "extend_seeds": 2,
+                       "bootstrap_resamples": 500})
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.calibration", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("unit", "run", "summary"))
+    ap.add_argument("--spec", default=None, help="the calibration setting (default the demo spec)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--grade", default="aa", choices=tuple(CALIBRATION_GRADES))
+    ap.add_argument("--grades", default=",".join(CALIBRATION_GRADES))
+    ap.add_argument("--index", type=int, default=0)
+    ap.add_argument("--per-grade", type=int, default=10, help="run: independent ablations per grade")
+    ap.add_argument("--jobs", type=int, default=0)
+    ap.add_argument("--run-dir", help="unit as a queue job: result.json goes here")
+    ap.add_argument("--units-dir", default=str(UNITS_DIR))
+    ap.add_argument("--json", default=str(ROOT / "runs" / "bench" / "calibration.json"))
+    ap.add_argument("--docs", default=str(DOCS_DIR), help="summary: where the plot and summary.json go ('' = none)")
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    s = _settings(a.spec, a.quick)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    root = Path(a.units_dir)
+    if a.what == "unit":
+        rec = run_unit(s, a.grade, a.index, root, a.jobs, log)
+        if a.run_dir:
+            Path(a.run_dir).mkdir(parents=True, exist_ok=True)
+            write_json_atomic(Path(a.run_dir) / "result.json", {"verdict": "DONE", "reason": rec["reason"], **rec})
+        print(json.dumps({k: rec[k] for k in ("grade", "index", "verdict", "effect")}))
+        return 0
+    if a.what == "run":
+        for g in a.grades.split(","):
+            for i in range(a.per_grade):
+                rec = run_unit(s, g, i, root, a.jobs, log)
+                log(f"unit {g}-{i}: {rec['verdict']} (effect {rec['effect']:+.1f})")
+    out = report(s, load_units(s, root), Path(a.json), Path(a.docs) if a.docs else None)
+    for t in out["targets"]:
+        met = "met" if t["met"] else "NOT met"
+        print(f"{t['name']:32s} {t['value']:.4g}  (target {t['target']:g}; {t['unit']})  {met}")
+    print(f"written {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
