@@ -10,16 +10,16 @@ with ANTHROPIC_BASE_URL — the way tests/ghserver.py stands in for GitHub. It p
     env["ANTHROPIC_BASE_URL"] = srv.url
 
 Which step answers a request is decided by the request itself: the number of assistant messages it
-carries (so a retried request gets the same step, and a `--resume`d session, which sends the earlier
-turns again, continues where it was). Past the end of the script the last step repeats.
+carries that this server wrote (so a retried request gets the same step, and a `--resume`d session,
+which sends the earlier turns again, continues where it was). Past the end of the script the last step repeats.
 
 What it answers: `HEAD /` and `GET /` (the CLI's probe: 404), the title request (no tools: a short text,
 streaming or not), streaming `POST /v1/messages` with SSE events `message_start`, `content_block_start`,
 `content_block_delta` (`text_delta`, `input_json_delta`), `content_block_stop`, `message_delta` (stop
 reason, usage) and `message_stop`; `count_tokens`; anything else 404. A wrong `x-api-key` gets 401.
 
-Faults, per step: `fail=[529, 529]` answers those statuses first (one per request); `stall_s` sends
-`message_start` and a text block start, then stalls (the connection stays open) before finishing;
+Faults, per step: `fail=[529, 529]` answers those statuses first (one per request); `stall_s` (once) sends
+`message_start` and a ping, then stalls (the connection stays open) before finishing;
 `silent_s` sleeps before any byte. `requests` records every request (path, body JSON; never the key).
 """
 
@@ -71,9 +71,18 @@ class Seen:
     at: float
     status: int = 200
 
+    sent: set = field(default_factory=set)  # the tool ids and texts the server has answered with so far
+
     @property
     def assistant_turns(self) -> int:
-        return sum(1 for m in self.body.get("messages", []) if m.get("role") == "assistant")
+        """Assistant messages this server wrote (not the CLI's own: an interrupted session, resumed, gets a
+        synthetic "No response requested." turn)."""
+        def ours(m: dict) -> bool:
+            c = m.get("content")
+            blocks = [{"type": "text", "text": c}] if isinstance(c, str) else (c or [])
+            return any(b.get("id") in self.sent or (b.get("type") == "text" and b.get("text") in self.sent)
+                       for b in blocks)
+        return sum(1 for m in self.body.get("messages", []) if m.get("role") == "assistant" and ours(m))
 
     def tool_results(self) -> list[str]:
         out = []
@@ -94,6 +103,7 @@ class AnthropicServer:
         self._tool_id = 0
         self.httpd: ThreadingHTTPServer | None = None
         self.reject_all: int | None = None  # answer every scripted request with this status (a 401 forever)
+        self.sent: set = set()
 
     def start(self) -> AnthropicServer:
         srv = self
@@ -166,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = {}
-        seen = Seen(self.path, body, time.time())
+        seen = Seen(self.path, body, time.time(), sent=srv.sent)
         with srv.lock:
             srv.requests.append(seen)
         if srv.key and self.headers.get("x-api-key") != srv.key and \
@@ -179,12 +189,12 @@ class _Handler(BaseHTTPRequestHandler):
         if "count_tokens" in self.path:
             return self._json(200, {"input_tokens": 100})
         model = body.get("model", "claude-sonnet-4-5")
-        if not body.get("tools"):  # the session title, or another side request
-            return self._reply(model, [text('{"title": "scripted session"}')], "end_turn", body.get("stream"),
-                               Step([]))
         if srv.reject_all:
             seen.status = srv.reject_all
             return self._error(srv.reject_all)
+        if not body.get("tools"):  # the session title, or another side request
+            return self._reply(model, [text('{"title": "scripted session"}')], "end_turn", body.get("stream"),
+                               Step([]))
         idx = min(seen.assistant_turns, len(srv.script) - 1)
         step = srv.script[idx]
         with srv.lock:
@@ -201,6 +211,8 @@ class _Handler(BaseHTTPRequestHandler):
         for b in blocks:
             if b["type"] == "tool_use":
                 b["id"] = srv._next_tool_id()
+            with srv.lock:
+                srv.sent.add(b.get("id") or b.get("text"))
         msg_id = f"msg_{int(time.time() * 1e6)}"
         usage_in, usage_out = step.usage
         if not stream:
@@ -223,7 +235,9 @@ class _Handler(BaseHTTPRequestHandler):
                           "cache_read_input_tokens": 0}}})
             if step.stall_s:
                 self._event("ping", {"type": "ping"})
-                time.sleep(step.stall_s)
+                with srv.lock:
+                    stall, step.stall_s = step.stall_s, 0.0  # once: a retried or resumed request goes through
+                time.sleep(stall)
             for i, b in enumerate(blocks):
                 if b["type"] == "text":
                     self._event("content_block_start", {"type": "content_block_start", "index": i,

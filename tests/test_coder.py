@@ -9,6 +9,7 @@ anthropic_server.py), real git worktrees, the real queue, stepped like the daemo
     turn cap          refinery stops the session at coder_max_turns
     wall / silence    the server stalls mid-stream: the wall-clock and the output-silence limits stop it
     401               the coder pauses, no attempt spent, no comment
+    529               refinery backs off (no attempt spent), resumes, delivers once
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tests.coder_support import (  # noqa: F401
     worktree_of,
 )
 
-pytestmark = needs_cli
+pytestmark = [needs_cli, pytest.mark.slow]  # about 5 s each: a real CLI, real git
 
 
 @pytest.fixture
@@ -192,3 +193,36 @@ def test_401_pauses_the_coder_without_spending_an_attempt(rig):
     assert not [k for k in r.comments() if "/failed" in k or "/retry" in k]
     r.coder.step(time.time())  # paused: nothing is claimed again
     assert str(r.job_now().state) == "queued"
+
+
+def test_529_backs_off_without_an_attempt_then_delivers_once(rig):
+    script = happy_script()
+    script[0].fail = [529]
+    r = rig.start(script=script, coder_api_retries=0)  # refinery stops at the first 529 retry and backs off
+    r.until_state("succeeded")
+    job = r.job_now()
+    assert job.tries == 1 and job.resumes == 1  # the busy stop spent no attempt
+    assert [t.status for t in r.anth.turns()].count(529) == 1
+    assert not [k for k in r.comments() if "/failed" in k or "/retry" in k]
+    assert len([k for k in r.comments() if k.endswith("/result")]) == 1
+
+
+def test_coder_check_command(anth, tmp_path):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    import config
+
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": anth.url, "PYTHONPATH": str(config.ROOT),
+           "REFINERY_RUNS_DIR": str(tmp_path / "runs"), "REFINERY_DB_URL": f"sqlite:///{tmp_path}/q.db"}
+    p = subprocess.run([sys.executable, "-m", "agent", "coder", "check"], env=env, capture_output=True, text=True,
+                       timeout=120, cwd=config.ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "credential:  ANTHROPIC_API_KEY from env:ANTHROPIC_API_KEY" in p.stdout
+    assert "--setting-sources user" in p.stdout and "1-turn call: ok" in p.stdout
+    assert KEY not in p.stdout + p.stderr
+    anth.reject_all = 401
+    p = subprocess.run([sys.executable, "-m", "agent", "coder", "check"], env=env, capture_output=True, text=True,
+                       timeout=120, cwd=config.ROOT)
+    assert p.returncode == 2 and "API status 401" in p.stderr

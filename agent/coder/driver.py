@@ -198,6 +198,13 @@ class Run:
         self.n = n
         self.dir = agent_root(self.settings) / str(n)
         self.base_key = f"i{n}/j{job.id}/agent"
+        self.timeline: dict[str, float] = {"claimed": job.started_at or time.time()}  # refinery's own overhead
+        self.adir: Path | None = None
+
+    def mark(self, what: str) -> None:
+        self.timeline[what] = time.time()
+        if self.adir is not None:
+            (self.adir / "timeline.json").write_text(json.dumps(self.timeline, indent=2) + "\n")
 
     # ------------------------------------------------------------------ control (from the main thread)
     def stop(self, reason: str, kill: bool = False) -> None:
@@ -249,7 +256,7 @@ class Run:
         self.save(state)
         notes = notes_file(self.dir, self.n, title)
         home = home_dir(s)
-        adir = self.dir / str(job.attempt)
+        adir = self.adir = self.dir / str(job.attempt)
         adir.mkdir(parents=True, exist_ok=True)
         if state.get("verified") and state["verified"].get("head") == wtree.head(wt):
             return self._deliver(state, wt, start, branch, [chk.Check(**x) for x in state["verified"]["checks"]],
@@ -280,6 +287,7 @@ class Run:
             return self._requeue("stopped before the session started", 0.0)
         try:
             session.start()
+            self.mark("cli_started")
         except OSError as e:
             raise command.CliMissing(f"cannot start {plan.argv[0]}: {e}: run `make setup` or set "
                                      "REFINERY_CLAUDE_BIN") from None
@@ -287,6 +295,7 @@ class Run:
             session.kill(self._stop[0]) if self._stop[1] else session.stop(self._stop[0])
         c.store.set_child(job.id, job.attempt, str(self.dir), session.pid, session.pid_start)
         end = self._supervise(session)
+        self.mark("cli_exited")
         led = deliver.add_to_ledger(c.kv, self.n, end.usd, end.turns, end.wall_s)
         state = self.load()
         state.update(session_id=end.session_id or item.session_id, last_end=end.detail)
@@ -391,6 +400,7 @@ class Run:
             except (wtree.GitFailed, deliver.DeliveryFailed) as e:
                 log.warning("coder: job %s: delivery failed, retried later: %s", job.id, e)
                 return self._requeue(f"delivery failed: {e}", s.coder.coder_backoff_s)
+        self.mark("delivered")
         state.update(delivered=True, pr_url=pr_url)
         self.save(state)
         result = {"verdict": "DONE", "branch": branch, "pr_url": pr_url, "checks": chk.as_dicts(checks),
