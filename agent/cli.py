@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "agent.cli_issue",   # issue new|ls|show|comment|label|close (local tracker)
     "agent.cli_queue",   # queue ..., gpu-lock
     "agent.cli_stage",   # smoke, ablate, train, corpus
+    "agent.coder.status",  # coder check
 )
 
 
