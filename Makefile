@@ -9,11 +9,14 @@ BIN     := $(VENV)/bin
 DEPHASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 STAMP   := $(VENV)/.installed-$(DEPHASH)
 TOKENS  := runs/cache/tiktoken/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
+# the coder's Claude Code CLI, pinned in package.json/package-lock.json, installed into node_modules/
+NPMHASH := $(shell cat package-lock.json | sha256sum | cut -c1-16)
+NPMSTAMP := node_modules/.installed-$(NPMHASH)
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast lint demo lock clean bench
 
-setup: $(STAMP) $(TOKENS)
+setup: $(STAMP) $(TOKENS) $(NPMSTAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+$(NPMSTAMP): package.json package-lock.json
+	@echo "setup: installing the pinned Claude Code CLI into node_modules (once per change of package-lock.json)"
+	npm ci --no-audit --no-fund
+	@rm -f node_modules/.installed-*
 	@touch $@
 
 $(TOKENS): $(STAMP)

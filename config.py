@@ -326,9 +326,49 @@ class DaemonConfig:
                               "must fit; SIGKILL after it", 30.0, 86400.0)
 
 
+# --------------------------------------------------------------------------- coder (Claude Code, run headless)
+@dataclass(frozen=True)
+class CoderConfig:
+    coder: str = F("off", "who works agent-lane items: off (an outside agent claims them) or claude (the daemon runs "
+                   "the Claude Code CLI on each: agent/coder/)", choices=("off", "claude"))
+    coder_workers: int = F(1, "agent-lane items the daemon's coder runs at once", 1, 16)
+    claude_bin: str = F("", "the Claude Code CLI; '' = node_modules/.bin/claude under the repository (`make setup`)")
+    claude_version: str = F("", "the CLI version the coder accepts; '' = the one pinned in package.json, 'any' = any")
+    coder_model: str = F("", "--model for the sessions; '' = the CLI's default")
+    coder_repo: str = F("", "the checkout whose default branch items start from; '' = the repository itself")
+    coder_base: str = F("", "the branch items start from; '' = the remote's HEAD, else the checkout's branch")
+    git_remote: str = F("origin", "the remote a finished branch is pushed to (GitHub tracker)")
+    coder_credential_file: str = F("", "file holding ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN ('' = the "
+                                   "environment, else $CREDENTIALS_DIRECTORY/anthropic-token)")
+    coder_max_turns: int = F(80, "model turns (API responses, counted by refinery) before a session is stopped",
+                             1, 10000)
+    coder_wall_s: float = F(3600.0, "wall-clock limit of one session, seconds", 1.0, 86400.0)
+    coder_silence_s: float = F(600.0, "a session printing nothing this long is stopped (hung headless runs "
+                               "stalled ~405 s in claude-code #83859), seconds", 1.0, 86400.0)
+    coder_grace_s: float = F(20.0, "SIGINT to the CLI, then SIGKILL after this many seconds", 0.0, 600.0)
+    coder_max_usd: float = F(10.0, "spend cap of one item over all its sessions, USD", 0.0, 10000.0)
+    coder_usd_per_day: float = F(50.0, "spend cap of the coder per UTC day, USD; items wait queued past it",
+                                 0.0, 100000.0)
+    coder_usd_per_mtok_in: float = F(5.0, "refinery's own spend estimate: USD per million input tokens "
+                                     "(the CLI's total_cost_usd is an estimate too; the larger is kept)", 0.0, 1000.0)
+    coder_usd_per_mtok_out: float = F(25.0, "... and per million output tokens", 0.0, 1000.0)
+    coder_api_retries: int = F(6, "429/529 retries the CLI may make in one session before refinery stops it and "
+                               "backs off (no attempt spent)", 0, 1000)
+    coder_backoff_s: float = F(120.0, "first wait after a 429/529 stop; doubles per stop, up to an hour", 0.0,
+                               86400.0)
+    coder_check_cmd: str = F("make test-fast", "the project's check, run in the item's worktree after the session")
+    coder_check_s: float = F(1800.0, "time limit of the check command, seconds", 1.0, 86400.0)
+    coder_protected: tuple = F(("experiments/gate.py", "experiments/tasks/", "experiments/calibrate.py",
+                                "config.py::GateConfig"),
+                               "paths a branch may not touch (PATH, DIR/ or FILE::Class for one class's lines): the "
+                               "gate, the task generators, the gate's thresholds")
+    coder_protected_label: str = F("gate-change", "an issue label that allows touching coder_protected")
+    coder_git_author: str = F("refinery-coder <coder@refinery.invalid>", "git identity of the sessions' commits")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "train": TrainConfig, "stages": StageConfig, "gate": GateConfig,
-    "hardware": HardwareConfig, "queue": QueueConfig, "daemon": DaemonConfig,
+    "hardware": HardwareConfig, "queue": QueueConfig, "daemon": DaemonConfig, "coder": CoderConfig,
 }
 # Environment aliases: these names are part of the contract (DESIGN.md, Settings).
 ENV_ALIASES = {"MODEL_ARCH": "arch"}
@@ -343,6 +383,7 @@ class Settings:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    coder: CoderConfig = field(default_factory=CoderConfig)
     sources: tuple = ()  # ((field, source), ...) for fields not at their default
 
     # ---- derived values: computed here so no module re-derives them differently

@@ -1,4 +1,4 @@
-"""Redaction: GitHub tokens never leave the process in a log line, a comment, an exception
+"""Redaction: GitHub tokens and the Claude credential never leave the process in a log line, a comment, an exception
 message or a file under runs/. Applied to every log handler and every outgoing body."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import config
 
 # ghp_ (classic PAT), gho_ (OAuth), ghu_ (user-to-server), ghs_ (server-to-server), ghr_ (refresh),
 # github_pat_ (fine-grained PAT)
-TOKEN_RE = re.compile(r"\b(?:gh[opusr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})")
+# sk-ant-... (Anthropic API keys and Claude Code OAuth tokens, agent/coder/credential.py)
+TOKEN_RE = re.compile(r"\b(?:gh[opusr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-ant-[A-Za-z0-9_-]{20,})")
 MASK = "[REDACTED]"
 
 
@@ -18,10 +19,17 @@ def redact(text: str) -> str:
     """text with every token-shaped string and the configured token itself masked."""
     if not text:
         return text
-    token = configured_token()
-    if token and len(token) >= 8:
-        text = text.replace(token, MASK)
+    for token in (configured_token(), claude_secret()):
+        if token and len(token) >= 8:
+            text = text.replace(token, MASK)
     return TOKEN_RE.sub(MASK, text)
+
+
+def claude_secret() -> str | None:
+    """The coder's Claude credential (agent/coder/credential.py), whatever its shape."""
+    from agent.coder.credential import configured_secret
+
+    return configured_secret()
 
 
 def configured_token() -> str | None:

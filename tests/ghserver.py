@@ -11,7 +11,8 @@ requests/urllib3 stack run unpatched against it. One repository, kept in memory:
 What it models: issues (and pull requests, marked by a `pull_request` key) with `state`,
 `labels`, `since`, `sort`/`direction`, `per_page` and Link pagination; weak ETags with
 If-None-Match -> 304, which does not count against the rate limit (as on GitHub); single
-issues, comments (list with `since`/pagination, create, edit), issue labels (add, remove),
+issues, pull requests (create, with `draft`; list by `head` and `state`; get; edit), comments (list with
+`since`/pagination, create, edit), issue labels (add, remove),
 repository labels (get, create, list), collaborator permission, issue events (`labeled` with its
 actor), reactions on a comment, `x-ratelimit-*` headers and `/rate_limit`.
 
@@ -82,6 +83,7 @@ class GitHubServer:
         self.perms: dict[str, str] = {bot_login: "write"}
         self.bots: set[str] = set()
         self.faults: list[Fault] = []
+        self.pulls: dict[int, dict] = {}  # number -> {head, base, draft, title, body} (the issue row has pr=True)
         self.log: list[tuple[str, str, int, float]] = []  # (method, path?query, status, time)
         self.counted = 0  # requests that cost primary quota (everything but 304s and /rate_limit)
         self.not_modified = 0
@@ -188,6 +190,16 @@ class GitHubServer:
     def comments_of(self, n: int) -> list[dict]:
         with self.lock:
             return [dict(c) for c in sorted(self.comments.values(), key=lambda c: c["id"]) if c["issue"] == n]
+
+    def pull_json(self, n: int) -> dict:
+        p, i = self.pulls[n], self.issues[n]
+        owner = self.repo.split("/")[0]
+        return {"id": 9000 + n, "number": n, "title": i["title"], "body": i["body"], "state": i["state"],
+                "draft": p["draft"], "url": f"{self._repo_url()}/pulls/{n}",
+                "html_url": f"https://github.invalid/{self.repo}/pull/{n}", "user": self._user(self.bot_login),
+                "head": {"ref": p["head"], "label": f"{owner}:{p['head']}", "sha": p.get("sha", "")},
+                "base": {"ref": p["base"], "label": f"{owner}:{p['base']}"},
+                "created_at": iso(i["created_at"]), "updated_at": iso(i["updated_at"])}
 
     def fail(self, method: str, path_re: str, status: int = 502, **kw) -> Fault:
         f = Fault(method, path_re, status, **kw)
@@ -431,6 +443,28 @@ class _Handler(BaseHTTPRequestHandler):
             m = re.fullmatch(r"/issues/(\d+)/events", rest)
             if m:
                 return self._page(list(srv.events[int(m.group(1))]), query, path)
+            if rest == "/pulls" and method == "POST":
+                head, base = body.get("head", ""), body.get("base", "")
+                if any(p["head"] == head and srv.issues[n]["state"] == "open" for n, p in srv.pulls.items()):
+                    return 422, {"message": "Validation Failed",
+                                 "errors": [{"message": f"A pull request already exists for {head}."}]}, {}
+                n = srv.create_issue(body.get("title", ""), body.get("body", ""), author=srv.bot_login, pr=True)
+                srv.pulls[n] = {"head": head, "base": base, "draft": bool(body.get("draft"))}
+                return 201, srv.pull_json(n), {}
+            if rest == "/pulls" and method == "GET":
+                owner = srv.repo.split("/")[0]
+                rows = [srv.pull_json(n) for n, p in sorted(srv.pulls.items())
+                        if query.get("state", "open") in ("all", srv.issues[n]["state"])
+                        and (not query.get("head") or query["head"] == f"{owner}:{p['head']}")]
+                return self._page(rows, query, path)
+            m = re.fullmatch(r"/pulls/(\d+)", rest)
+            if m and int(m.group(1)) in srv.pulls:
+                n = int(m.group(1))
+                if method == "PATCH":
+                    for k in ("title", "body"):
+                        if k in body:
+                            srv.issues[n][k] = body[k]
+                return 200, srv.pull_json(n), {}
             if rest == "/labels" and method == "POST":
                 if body["name"] in srv.labels:
                     return 422, {"message": "Validation Failed", "errors": [{"code": "already_exists"}]}, {}

@@ -78,8 +78,8 @@ def test_a_token_from_the_token_file_is_redacted_too(tmp_path, sqlite_url):
         assert hex_token not in r.stdout + r.stderr + claim.stdout + done.stdout + done.stderr
         db = Path(sqlite_url.split("sqlite:///", 1)[1])  # the note is stored masked too (runs/queue.db)
         assert not [f for f in db.parent.glob(db.name + "*") if hex_token.encode() in f.read_bytes()]
-        # a finished agent item is labelled passed: it no longer says queued or running
-        assert [x for x in srv.issues[n]["labels"] if x.startswith("refinery:")] == ["refinery:passed"]
+        # a finished agent item waits for a person's review (refinery:passed stays the gate's word)
+        assert [x for x in srv.issues[n]["labels"] if x.startswith("refinery:")] == ["refinery:review"]
     finally:
         srv.stop()
 

@@ -45,7 +45,7 @@ def test_unit_runs_binary_directly_with_stop_and_watchdog(user, tmp_path):
     assert k["Type"] == ["notify"] and k["NotifyAccess"] == ["main"]
     assert k["Restart"] == ["on-failure"] and k["KillSignal"] == ["SIGINT"] and k["KillMode"] == ["mixed"]
     assert k["TimeoutStopSec"] == ["1234s"] and k["WatchdogSec"] == ["90s"]
-    assert k["LoadCredential"] == [f"github-token:{tmp_path / 'tok'}"]
+    assert k["LoadCredential"] == [f"github-token:{tmp_path / 'tok'}", "anthropic-token"]  # coder: the Claude key
     assert k["NoNewPrivileges"] == ["yes"] and k["ProtectSystem"] == ["strict"] and k["PrivateTmp"] == ["yes"]
     rw = k["ReadWritePaths"][0].split()
     assert str(config.ROOT / "runs") in rw and str(config.ROOT / "docs") in rw

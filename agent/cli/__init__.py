@@ -4,7 +4,7 @@
     daemon_cmd.py  daemon, status         queue_cmd.py  queue ..., gpu-lock
     issue_cmd.py   issue ... (local)      stage_cmd.py  smoke, ablate, train, corpus build
     ops_cmd.py     service, archive       config_cmd.py config
-    demo.py        demo
+    coder_cmd.py   coder check            demo.py       demo
 
 May import anything in agent/ and below; nothing imports agent.cli.
 
@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "agent.cli.issue_cmd",   # issue new|ls|show|comment|label|close (local tracker)
     "agent.cli.queue_cmd",   # queue ..., gpu-lock
     "agent.cli.stage_cmd",   # smoke, ablate, train, corpus
+    "agent.cli.coder_cmd",   # coder check
 )
 
 

@@ -187,6 +187,10 @@ def _status(args) -> int:
     if pipe.get("champion"):
         c = pipe["champion"]
         con.print(f"champion: {c.get('name')} (#{c.get('issue')}, val loss {c.get('val_loss', 0):.4f})")
+    from agent.coder.status import status_lines
+
+    for line in status_lines(st.get("coder") or {}):
+        con.print(line, markup=False)
     return 0
 
 

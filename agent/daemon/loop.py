@@ -47,7 +47,7 @@ STOP_MARGIN_S = 10.0  # a warm stop turns cold this long before stop_timeout_s (
 # the scheduler's watchdog); a reload that changes them says so and keeps the running values.
 RESTART_ONLY = frozenset({"db_url", "sqlite_synchronous", "sqlite_busy_timeout_ms", "host_name", "gpu_devices",
                           "cpu_workers", "runs_dir", "docs_dir", "tracker", "github_repo", "github_api_url",
-                          "token_file", "github_timeout_s", "watchdog", "watchdog_s"})
+                          "token_file", "github_timeout_s", "watchdog", "watchdog_s", "coder"})
 
 
 @dataclass
@@ -91,6 +91,11 @@ class Daemon:
         self.on_job: list = [self.report_job]  # hooks called with each job whose state changed
 
         self.pipeline = Pipeline(settings, self.store, self.outbox, self.kv, self.tracker)  # stage chaining
+        self.coder = None  # coder: REFINERY_CODER=claude runs Claude Code on agent-lane items (agent/coder/)
+        if settings.coder.coder == "claude":
+            from agent.coder.driver import Coder
+
+            self.coder = Coder(settings, self.store, self.outbox, self.kv, self.tracker.name)
 
     @property
     def worker(self):
@@ -136,6 +141,8 @@ class Daemon:
     def work(self, now: float) -> bool:
         """One worker iteration, then the reporter and the pipeline. True if the worker did something."""
         did = bool(self.worker.step(now))
+        if self.coder is not None:
+            did |= bool(self.coder.step(now))
         self.report()
         if self.pipeline is not None:
             did |= bool(self.pipeline.step(now))
@@ -178,6 +185,8 @@ class Daemon:
                                 + (f" — {reason}" if reason else "")
                                 + (f"\n\nRun directory: `{job.run_dir}`" if job.run_dir else ""), job.run_dir)
             status = VERDICT_STATUS.get(verdict, "passed" if verdict == "DONE" else None)
+            if verdict == "DONE" and job.kind == "agent":  # coder: a branch waits for a person, not the gate's word
+                status = "review"
             if status:  # DONE: an agent item or a task finished its work
                 self.outbox.status(n, f"{base}/status-done", status)
         elif job.state == State.RETRYING:  # an attempt failed; back in the queue until its back-off has passed
@@ -228,7 +237,7 @@ class Daemon:
                     self._stop_worker()  # a child started in the same step as the signal
                 elif self.github_note is None and time.time() < deadline:
                     self.deliver(deadline=min(deadline, time.time() + 5), max_items=20)
-                if not did and not self.worker.busy:
+                if not did and not self.worker.busy and not (self.coder is not None and self.coder.busy):
                     break
                 if not did:
                     self.store.wait_for_work(0.05)
@@ -259,6 +268,8 @@ class Daemon:
 
     def _stop_worker(self) -> None:
         """Apply the stop asked for (warm after one signal, cold after two) to every child (idempotent)."""
+        if self.coder is not None:  # coder: SIGINT to its sessions (warm), SIGKILL (cold)
+            self.coder.warm_stop() if self.stops <= 1 else self.coder.cold_stop()
         if self._worker is None:
             return
         if self.stops <= 1:
@@ -296,6 +307,8 @@ class Daemon:
         if self.stops == 1:
             self.stop_requested_at = time.time()
         log.warning("signal %d: %s stop", signum, "warm" if self.stops == 1 else "cold")
+        if self.coder is not None:
+            self.coder.warm_stop() if self.stops == 1 else self.coder.cold_stop()
         if self._worker is not None:  # none yet: nothing runs (and none is made in a signal handler)
             if self.stops == 1:
                 self._worker.warm_stop()
@@ -373,6 +386,9 @@ class Daemon:
         STOP_MARGIN_S before stop_timeout_s (systemd's TimeoutStopSec) is killed (a cold stop) so
         its job is requeued here rather than left `running` for the next start to recover.
         Returns how many children were running."""
+        if self.coder is not None and self.coder.busy:  # coder: its sessions stop (SIGINT, grace) and requeue
+            self.coder.warm_stop() if self.stops <= 1 else self.coder.cold_stop()
+            self.coder.drain((self.stop_requested_at or time.time()) + self.settings.daemon.stop_timeout_s)
         worker = self._worker
         if worker is None or not worker.busy:
             return 0
@@ -432,7 +448,7 @@ class Daemon:
         before = self.settings.daemon.poll_interval
         self.settings = settings
         parts = [self.store, self.intake, self.outbox, self.sender, self.tracker, self._worker, self.pipeline,
-                 getattr(self.pipeline, "docs", None)]
+                 getattr(self.pipeline, "docs", None), self.coder]
         for part in parts:
             if part is not None and hasattr(part, "settings"):
                 part.settings = settings
@@ -500,4 +516,11 @@ def status(settings: config.Settings, store: Store | None = None) -> dict:
                  "min_free_gb": settings.hardware.min_free_disk_gb},
         "pipeline": {"waiting_approval": [{"issue": a["issue"], "job": a["job"]} for a in waiting_approvals(kv)],
                      "noise_floor": kv.get("noise-floor"), "champion": kv.get("champion")},
+        "coder": _coder_status(settings, kv),
     }
+
+
+def _coder_status(settings: config.Settings, kv) -> dict:
+    from agent.coder.status import status as coder_status
+
+    return coder_status(settings, kv)

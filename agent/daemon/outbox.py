@@ -42,6 +42,7 @@ STATUS_LABELS: dict[str, tuple[str, str]] = {
     "refinery:invalid": ("e99695", "refinery: the spec in the issue body has errors"),
     "refinery:cancelled": ("d4c5f9", "refinery: cancelled (issue closed or by hand)"),
     "refinery:waiting": ("fef2c0", "refinery: waits for a person: an edited spec or a writer's 👍 (not a verdict)"),
+    "refinery:review": ("1d76db", "refinery: a coding agent's branch waits for a person's review"),
 }
 MAX_TRIES = 5  # refusals (4xx) before a write is marked dead
 

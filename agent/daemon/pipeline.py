@@ -383,7 +383,7 @@ class Pipeline:
             if str(j.state) in DECIDED:
                 stages.append(j.payload["stage"])
         return {"device_min": dev, "wall_min": max(0.0, (last or 0) - (first or 0)) / 60 if last else 0.0,
-                "stages": stages}
+                "stages": stages, "coder": self.kv.get(f"coder.ledger:{issue}")}  # coder: spend and turns
 
     def _history(self, issue: int) -> list[str]:
         out = []

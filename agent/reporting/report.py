@@ -160,6 +160,9 @@ def prereg_score(prereg: dict | None, result: dict[str, Any]) -> str:
 
 def ledger_table(ledger: dict[str, Any]) -> str:
     lanes = ", ".join(f"{lane} lane {m:.1f} device-min" for lane, m in sorted(ledger.get("device_min", {}).items()))
+    coder = ledger.get("coder") or {}  # the coder's spend and turns on this idea (agent/coder/deliver.py)
+    if coder.get("sessions"):
+        lanes = (lanes + ", " if lanes else "") + f"coder ${coder['usd']:.2f} over {coder['turns']} turns"
     return (f"**Cost so far.** {lanes or 'no device time yet'}; wall {ledger.get('wall_min', 0):.1f} min; "
             f"stages run: {', '.join(ledger.get('stages', [])) or 'none'}.")
 
