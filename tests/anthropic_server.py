@@ -29,7 +29,9 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.http_support import LocalServer
 
 ERRORS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error", 500: "api_error",
           529: "overloaded_error"}
@@ -94,37 +96,21 @@ class Seen:
         return out
 
 
-class AnthropicServer:
+class AnthropicServer(LocalServer):
+    thread_name = "anthropic-server"
+
     def __init__(self, key: str | None = None):
         self.key = key
         self.script: list[Step] = [Step([text("Nothing to do.")])]
         self.requests: list[Seen] = []
         self.lock = threading.Lock()
         self._tool_id = 0
-        self.httpd: ThreadingHTTPServer | None = None
         self.reject_all: int | None = None  # answer every scripted request with this status (a 401 forever)
         self.sent: set = set()
 
-    def start(self) -> AnthropicServer:
-        srv = self
-
-        class H(_Handler):
-            server_ref = srv
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="anthropic-server").start()
-        return self
-
-    def stop(self) -> None:
-        if self.httpd:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-
     @property
     def url(self) -> str:
-        assert self.httpd
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return self.origin
 
     def turns(self) -> list[Seen]:
         """The scripted (tool-carrying) message requests, in order."""
@@ -260,3 +246,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _event(self, name: str, data: dict) -> None:
         self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
         self.wfile.flush()
+
+
+AnthropicServer.handler = _Handler

@@ -36,7 +36,9 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.http_support import LocalServer
 
 PRIMARY_MSG = "API rate limit exceeded for user ID 1."
 SECONDARY_MSG = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
@@ -69,7 +71,9 @@ class Fault:
         return self.times > 0 and method == self.method and re.search(self.path_re, path) is not None
 
 
-class GitHubServer:
+class GitHubServer(LocalServer):
+    thread_name = "ghserver"
+
     def __init__(self, repo: str = "acme/lab", token: str | None = None, base_path: str = "",
                  bot_login: str = "refinery-bot", limit: int = 5000):
         self.repo, self.token, self.base_path = repo, token, base_path.rstrip("/")
@@ -93,29 +97,11 @@ class GitHubServer:
         self.exhausted_until = 0.0
         self._next_id = 1000
         self._clock = 0.0
-        self.httpd: ThreadingHTTPServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> GitHubServer:
-        srv = self
-
-        class Handler(_Handler):
-            server_ref = srv
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="ghserver").start()
-        return self
-
-    def stop(self) -> None:
-        if self.httpd:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-
     @property
     def url(self) -> str:
-        assert self.httpd
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{self.base_path}"
+        return self.origin + self.base_path
 
     # ------------------------------------------------------------------ clock and ids
     def now(self) -> float:
@@ -519,3 +505,6 @@ if __name__ == "__main__":
             time.sleep(3600)
     except KeyboardInterrupt:
         s.stop()
+
+
+GitHubServer.handler = _Handler
