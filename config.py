@@ -354,12 +354,15 @@ class CoderConfig:
     coder_usd_per_mtok_out: float = F(25.0, "... and per million output tokens", 0.0, 1000.0)
     coder_api_retries: int = F(6, "429/529 retries the CLI may make in one session before refinery stops it and "
                                "backs off (no attempt spent)", 0, 1000)
-    coder_backoff_s: float = F(120.0, "first wait after a 429/529 stop; doubles per stop, up to an hour", 0.0,
-                               86400.0)
+    coder_backoff_s: float = F(120.0, "first wait after a 429/529 stop; doubles per stop, up to coder_backoff_max_s",
+                               0.0, 86400.0)
+    coder_backoff_max_s: float = F(3600.0, "the longest back-off after 429/529 stops, seconds", 0.0, 86400.0)
+    coder_cli_recheck_s: float = F(60.0, "a missing or wrong CLI (items wait) is looked for again this often, seconds",
+                                   1.0, 86400.0)
     coder_check_cmd: str = F("make test-fast", "the project's check, run in the item's worktree after the session")
     coder_check_s: float = F(1800.0, "time limit of the check command, seconds", 1.0, 86400.0)
     coder_protected: tuple = F(("experiments/gate.py", "experiments/tasks/", "experiments/calibrate.py",
-                                "config.py::GateConfig"),
+                                "experiments/calibration.py", "config.py::GateConfig"),
                                "paths a branch may not touch (PATH, DIR/ or FILE::Class for one class's lines): the "
                                "gate, the task generators, the gate's thresholds")
     coder_protected_label: str = F("gate-change", "an issue label that allows touching coder_protected")

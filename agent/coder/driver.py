@@ -48,8 +48,6 @@ from jobqueue.store import LeaseLost, Store
 
 log = logging.getLogger("refinery.coder")
 PAUSE_KEY = "coder.pause"
-CLI_RECHECK_S = 60.0  # a missing or wrong CLI is looked for again this often
-MAX_BACKOFF_S = 3600.0
 
 
 def agent_root(settings: config.Settings) -> Path:
@@ -120,17 +118,17 @@ class Coder:
 
     def _ready(self, now: float) -> bool:
         """The CLI is there in the right version, a credential is set, the day's cap not reached."""
-        if self.cli is None or now - self._cli_checked > CLI_RECHECK_S:
+        if self.cli is None or now - self._cli_checked > self.settings.coder.coder_cli_recheck_s:
             self._cli_checked = now
             try:
                 self.cli = command.find_cli(self.settings)
             except (command.CliMissing, command.CliVersion) as e:
                 self.cli = None
-                self.pause("cli", str(e), now + CLI_RECHECK_S)
+                self.pause("cli", str(e), now + self.settings.coder.coder_cli_recheck_s)
                 return False
         if credential.find(self.settings) is None:
             self.pause("credential", str(credential.NoClaudeCredential.__doc__.split("\n\n")[1].strip()),
-                       now + CLI_RECHECK_S)
+                       now + self.settings.coder.coder_cli_recheck_s)
             return False
         cap = self.settings.coder.coder_usd_per_day
         if cap > 0 and deliver.spent_today(self.kv, now) >= cap:
@@ -340,7 +338,7 @@ class Run:
             n = int(state.get("busy", 0))
             state["busy"] = n + 1
             self.save(state)
-            delay = min(MAX_BACKOFF_S, s.coder.coder_backoff_s * 2 ** n)
+            delay = min(s.coder.coder_backoff_max_s, s.coder.coder_backoff_s * 2 ** n)
             log.warning("coder: job %s: the API answered %s; backing off %.0f s (no attempt spent)", self.job.id,
                         end.api_status, delay)
             return self._requeue(f"API {end.api_status}: backing off {delay:.0f} s", delay)
