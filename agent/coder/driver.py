@@ -53,9 +53,7 @@ MAX_BACKOFF_S = 3600.0
 
 
 def agent_root(settings: config.Settings) -> Path:
-    from jobqueue.gpulock import runs_root
-
-    return runs_root(settings) / "agent"
+    return settings.runs_path / "agent"
 
 
 def home_dir(settings: config.Settings) -> Path:
