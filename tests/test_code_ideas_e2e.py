@@ -69,8 +69,8 @@ def test_a_code_idea_from_issue_to_approved_evidence(gh, anth, tmp_path, sqlite_
     t_start = time.monotonic()
     gh.add_collaborator("rita", "read")
     repo, remote = project_repo(tmp_path, bare_remote=True)
-    s = coder_settings(sqlite_url, tmp_path, repo, gh, stage_source="pinned")
     check = f"{sys.executable} -c 'import config, refiner_model.model'"
+    s = coder_settings(sqlite_url, tmp_path, repo, gh, stage_source="pinned", coder_check_cmd=check)
     n = gh.create_issue("Scale the embeddings", BODY, labels=["ideas", "cpu", "code"], author="alice")
     wt = (tmp_path / "runs" / "agent" / str(n) / "wt").resolve()
     anth.script = absolute([
@@ -81,8 +81,7 @@ def test_a_code_idea_from_issue_to_approved_evidence(gh, anth, tmp_path, sqlite_
                    "the model code'")]),
         Step([text("Done: embed_scale in config.py, used by the model's embedding.")])], wt)
     before = (git(repo, "rev-parse", "HEAD"), git(repo, "symbolic-ref", "HEAD"), git(repo, "status", "--short"))
-    env = daemon_env(s, anth, REFINERY_CODER_CHECK_CMD=check, REFINERY_MAX_ATTEMPTS="1",
-                     REFINERY_CODER_SMOKE_S="400")
+    env = daemon_env(s, anth, REFINERY_MAX_ATTEMPTS="1", REFINERY_CODER_SMOKE_S="400")
     d = DaemonProc(env, tmp_path / "daemon.log")
     try:
         wait_for(lambda: d.check() and gh.pulls and any("/review -->" in c["body"] for c in gh.comments_of(n)),

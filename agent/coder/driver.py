@@ -83,7 +83,7 @@ def transcript_exists(home: Path, session_id: str) -> bool:
 class Coder:
     def __init__(self, settings: config.Settings, store: Store, outbox, kv, tracker_name: str):
         self.settings, self.store, self.outbox, self.kv, self.tracker_name = settings, store, outbox, kv, tracker_name
-        self.owner = Owner.current(settings.host_name)
+        self.owner = Owner.current(settings.host)
         self.runs: dict[int, Run] = {}
         self.stopping: str | None = None
         self.cli: command.Cli | None = None
