@@ -367,6 +367,16 @@ class CoderConfig:
                                "gate, the task generators, the gate's thresholds")
     coder_protected_label: str = F("gate-change", "an issue label that allows touching coder_protected")
     coder_git_author: str = F("refinery-coder <coder@refinery.invalid>", "git identity of the sessions' commits")
+    # code ideas (`ideas` + a lane + `code`) and pinned stage sources (agent/daemon/source.py, jobqueue/srctree.py)
+    stage_source: str = F("pinned", "where a stage's child runs from: pinned (a read-only worktree of the commit "
+                          "recorded at enqueue, runs/src/<sha>/) or checkout (the daemon's checkout as it is, "
+                          "uncommitted changes included: development and the test suite only)",
+                          choices=("pinned", "checkout"))
+    code_auto_approve: str = F("off", "code ideas: cpu = the cpu lane's smoke and ablation of a branch run before "
+                               "a writer's 👍 (said on the issue); off = every stage waits for one",
+                               choices=("off", "cpu"))
+    coder_smoke_s: float = F(900.0, "code ideas: time limit of the CPU smoke stage of the issue's spec that the "
+                             "coder's checks run in the item's worktree, seconds", 1.0, 86400.0)
 
 
 SECTIONS: dict[str, type] = {

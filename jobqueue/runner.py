@@ -9,6 +9,10 @@
     terminate()  SIGTERM to the whole group; the worker sends SIGKILL after cancel_grace_s
     outcome()    what the exit means for the job (below)
 
+A pinned job (payload["source"] = {"repo", "sha", "ref"}) runs from the read-only tree of that commit
+(jobqueue/srctree.py: runs/src/<sha>/, its cwd and only PYTHONPATH entry); any other from the daemon's
+checkout. log.txt's start line says which.
+
 Exit code and result file decide: 0 with run_dir/result.json → succeeded with that JSON (an ad hoc
 `task` without one: succeeded, {"exit_code": 0}; a stage must write one); 75 (EX_TEMPFAIL: "stopped
 warm, checkpoint written, resume me") → requeued, the attempt not counted; anything else → failed with
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import config
-from jobqueue import gpulock
+from jobqueue import gpulock, srctree
 from jobqueue.models import Job, Lane
 from jobqueue.proc import start_time
 
@@ -141,24 +145,40 @@ def start(job: Job, settings: config.Settings, device: str | None, now: float) -
         argv = [sys.executable, "-m", "jobqueue.gpulock", "--device", str(device), "--wait", "5", "--exec", "--",
                 *argv]
     (run_dir / "result.json").unlink(missing_ok=True)  # a result left by an earlier attempt must not count
+    cwd, where = _source(job, settings)
     with open(run_dir / "log.txt", "ab") as log:
         if moved:
             log.write(f"=== job {job.id}: its run directory {job.run_dir} is not writable on {settings.host} "
                       f"(another host's path?); continuing in this one\n".encode())
         log.write(f"=== job {job.id} attempt {job.attempt} started {time.strftime('%Y-%m-%d %H:%M:%S')} "
                   f"on {settings.host}{f' gpu {device}' if device is not None else ''}: "
-                  f"{' '.join(argv)}\n".encode())
+                  f"{' '.join(argv)}\n=== from {where}\n".encode())
         log.flush()
+        env = child_env(job, run_dir, device, lock_dir=gpulock.lock_path(settings, "0").parent
+                        if device is not None else None)
+        if cwd != config.ROOT:
+            env["PYTHONPATH"] = str(cwd)  # that commit's code and nothing else of ours
         try:
-            proc = subprocess.Popen(argv, cwd=config.ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT,
-                                    env=child_env(job, run_dir, device, lock_dir=gpulock.lock_path(settings, "0").parent
-                                                  if device is not None else None),
-                                    start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
         except OSError as e:
             raise RunnerError(f"job {job.id}: cannot start {argv[0]}: {e}") from e
     return Child(job=job, proc=proc, run_dir=run_dir, device=device, started=now,
                  wall_s=wall_limit(job, settings), start_time=start_time(proc.pid))
+
+
+def _source(job: Job, settings: config.Settings) -> tuple[Path, str]:
+    """(the child's working directory, where that is in words): the read-only tree of payload["source"]["sha"]
+    (jobqueue/srctree.py) for a pinned job, else the daemon's checkout as it is."""
+    src = job.payload.get("source") or {}
+    if not src.get("sha"):
+        why = src.get("why") or "no commit recorded"
+        return config.ROOT, f"the checkout {config.ROOT} as it is (not pinned: {why})"
+    try:
+        tree = srctree.ensure(Path(src.get("repo") or config.ROOT), src["sha"], settings)
+    except srctree.SourceError as e:
+        raise RunnerError(f"job {job.id}: its pinned source {src['sha'][:12]} could not be made: {e}") from e
+    return tree, f"commit {src['sha']} ({src.get('ref') or 'pinned'}), read-only tree {tree}"
 
 
 def _run_dir(job: Job, settings: config.Settings, now: float) -> tuple[Path, bool]:

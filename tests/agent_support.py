@@ -21,7 +21,8 @@ SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 def settings_for(db_url: str, tmp_path: Path, srv: GitHubServer | None = None, **over) -> config.Settings:
     base = {"db_url": db_url, "runs_dir": str(tmp_path / "runs"), "poll_interval": 1.0, "write_interval_s": 0.0,
             "github_backoff_s": 0.0, "max_rate_limit_wait_s": 3.0, "github_timeout_s": 5.0, "gpu_devices": "",
-            "cpu_workers": 1, "heartbeat_s": 0.2, "lease_s": 10.0, "once_timeout_s": 20.0}
+            "cpu_workers": 1, "heartbeat_s": 0.2, "lease_s": 10.0, "once_timeout_s": 20.0,
+            "stage_source": "checkout"}  # the tests test this checkout's uncommitted code; test_code_ideas.py pins
     if srv is not None:
         base.update(tracker="github", github_repo=REPO, github_api_url=srv.url)
     base.update(over)
@@ -70,7 +71,7 @@ def env_for(settings: config.Settings, **extra) -> dict[str, str]:
     """A child process's environment carrying these settings (REFINERY_*), the token, the repo on PYTHONPATH."""
     keys = ("db_url", "runs_dir", "poll_interval", "write_interval_s", "github_backoff_s", "max_rate_limit_wait_s",
             "github_timeout_s", "gpu_devices", "cpu_workers", "heartbeat_s", "lease_s", "once_timeout_s", "tracker",
-            "github_repo", "github_api_url")
+            "github_repo", "github_api_url", "stage_source")
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFINERY_")}
     for k in keys:
         v = settings.get(k)

@@ -32,7 +32,8 @@ def queue_env(db_url: str, tmp_path: Path, **over: str) -> dict[str, str]:
     env = {"REFINERY_DB_URL": db_url, "REFINERY_RUNS_DIR": str(tmp_path / "runs"), "REFINERY_LEASE_S": "10",
            "REFINERY_HEARTBEAT_S": "0.3", "REFINERY_RETRY_BACKOFF_S": "0", "REFINERY_CANCEL_GRACE_S": "1",
            "REFINERY_CPU_WORKERS": "2", "REFINERY_HOST_NAME": "testhost", "REFINERY_GPU_DEVICES": "0",
-           "REFINERY_RESUME_BACKOFF_S": "0", "REFINERY_AGENT_LEASE_S": "2"}
+           "REFINERY_RESUME_BACKOFF_S": "0", "REFINERY_AGENT_LEASE_S": "2",
+           "REFINERY_STAGE_SOURCE": "checkout"}  # this checkout's uncommitted code is what the tests test
     env.update({f"REFINERY_{k.upper()}": str(v) for k, v in over.items()})
     return env
 

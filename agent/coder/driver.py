@@ -37,7 +37,7 @@ from pathlib import Path
 
 import config
 from agent.coder import checks as chk
-from agent.coder import command, credential, deliver
+from agent.coder import command, credential, deliver, ideacheck
 from agent.coder import worktree as wtree
 from agent.coder.session import Limits, Session, SessionEnd
 from agent.daemon.sanitize import branch_name, sanitize
@@ -239,6 +239,8 @@ class Run:
         s, job, c = self.settings, self.job, self.coder
         p = job.payload
         title, body = sanitize(p.get("title", "")), sanitize(p.get("body", ""))
+        if p.get("idea"):  # a code idea: its spec is the target (ideacheck.py)
+            body += ideacheck.target_text({"toml": sanitize(p["idea"].get("toml", ""))})
         labels = tuple(p.get("labels", []))
         branch = branch_name(self.n, title)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -348,6 +350,9 @@ class Run:
             return self._requeue("the day's spend cap was reached", 0.0)
         state["busy"] = 0
         checks = chk.run_all(end.result, wt, start, s, labels, home, adir / "check.log")
+        if self.job.payload.get("idea"):  # a code idea: the spec parses there and its CPU smoke passes there
+            checks += ideacheck.idea_checks(self.job.payload["idea"], wt, self.n, s, chk.check_env(home), adir) \
+                if all(x.ok for x in checks) else [chk.Check("spec", False, "not run: an earlier check failed")]
         if end.reason != "exit":
             checks.insert(0, chk.Check("session", False, end.detail))
         if all(x.ok for x in checks):

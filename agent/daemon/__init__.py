@@ -6,8 +6,11 @@
     sanitize.py   issue text cleaned before a coding agent reads it; the agent's branch name
     graveyard.py  before a new idea spends device time, its resemblance to killed ones
     pipeline.py   stage chaining: what happens to an idea after each stage is decided
+    source.py     which commit an idea's stages run from (recorded at enqueue; every stage runs pinned)
+    codeidea.py   ideas that need code: the coder's branch, a writer's 👍 on one exact commit, stages from it
     outbox.py     Outbox (writes go to the database first) and Sender (delivers them, idempotently)
 
-May import: agent.state, agent.trackers, agent.reporting, agent.ops, agent.redact, and the lower packages.
+May import: agent.state, agent.trackers, agent.reporting, agent.ops, agent.redact, and the lower packages;
+of agent.coder, the wiring only (loop.py), worktree.py (git: source.py, codeidea.py) and ideacheck.py.
 Never agent.cli.
 """

@@ -2,7 +2,9 @@
 
 Labels (DESIGN.md): a type (`ideas`, `architecture`, `tools`, `optimization`, `documentation`,
 `bug`) and, for ideas, a lane (`gpu` | `cpu`). `ideas` + lane → the experiment pipeline, first
-stage `smoke` on that lane; any other type → one agent-lane work item. `blocked`, or a body line
+stage `smoke` on that lane, every stage from the default branch's commit recorded now (source.py);
+`ideas` + lane + `code` → the coder writes the idea first, a writer approves one commit, the stages run
+from it (codeidea.py); any other type → one agent-lane work item. `blocked`, or a body line
 `blocked by #N` with #N open, holds the issue's queued jobs (a running stage finishes); refinery
 lifts a `blocked by` hold itself when #N closes. refinery changes only its own refinery:* labels,
 and only through the outbox.
@@ -32,7 +34,7 @@ import time
 from dataclasses import dataclass
 
 import config
-from agent.daemon import graveyard
+from agent.daemon import codeidea, graveyard, source
 from agent.daemon.outbox import Outbox
 from agent.reporting.report import spec_lines
 from agent.state.tables import IntakeMemory, KeyValue
@@ -46,6 +48,7 @@ log = logging.getLogger("refinery.intake")
 
 TYPE_LABELS = ("ideas", "architecture", "tools", "optimization", "documentation", "bug")
 LANE_LABELS = ("gpu", "cpu")
+CODE = "code"  # ideas + a lane + code: the coder writes the idea first (agent/daemon/codeidea.py)
 BLOCKED = "blocked"
 BLOCKED_BY = re.compile(r"^\s*(?:[-*]\s*)?blocked\s+by\s+((?:#\d+[\s,;and]*)+)", re.IGNORECASE | re.MULTILINE)
 PERMISSION_TTL_S = 600.0
@@ -97,10 +100,13 @@ class Intake:
         if "ideas" in types and not lane:
             self.memory.put(issue.number, status="no lane", state="open", labels=list(issue.labels))
             return "no lane"
-        trust = self.check_trust(issue, ["ideas", lane] if "ideas" in types else types[:1])
+        code = "ideas" in types and CODE in issue.labels
+        trust = self.check_trust(issue, (["ideas", lane] + [CODE] * code) if "ideas" in types else types[:1])
         if not trust.ok:
             self._untrusted(issue, mem, trust)
             return "untrusted"
+        if code:  # the coder writes it first; stages run from the commit a writer approves (codeidea.py)
+            return codeidea.intake(self, issue, lane, h, held)
         if "ideas" in types:
             return self._idea(issue, lane, h, held)
         return self._agent_item(issue, types, h, held)
@@ -226,14 +232,16 @@ class Intake:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
         tmp.replace(spec_file)
         payload = {"argv": stage_argv("smoke", str(spec_file)), "stage": "smoke", "spec_file": str(spec_file),
-                   "spec": res.spec, "given": res.given, "prereg": res.prereg, "title": issue.title, "url": issue.url}
+                   "spec": res.spec, "given": res.given, "prereg": res.prereg, "title": issue.title, "url": issue.url,
+                   "source": source.pin(self.settings)}  # every stage of this spec runs from this commit
         if self._power_hold(n, h, spec_key, res, payload, lane):  # experiments/power.py: nothing queued yet
             return "waiting"
         job = self.store.enqueue(n, "smoke", lane, payload, key=f"spec-{spec_key}")
         if held:
             self.store.hold_issue(n)
         self._graveyard_check(n, spec_key, res.spec, held)
-        self.outbox.comment(n, f"i{n}/j{job.id}/smoke/queued", queued_comment(issue, job.id, lane, res, held))
+        self.outbox.comment(n, f"i{n}/j{job.id}/smoke/queued", queued_comment(issue, job.id, lane, res, held)
+                            + "\n\n" + source.line(job.payload))
         self.outbox.status(n, f"i{n}/j{job.id}/smoke/status-queued", "queued")
         self.memory.put(n, status="enqueued", body_hash=h, spec_key=spec_key)
         log.info("intake: #%d → smoke job %d on %s", n, job.id, lane)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+from agent.daemon import codeidea, source
 from agent.daemon.outbox import Outbox
 from agent.reporting import report
 from agent.trackers.interface import TrackerError
@@ -76,6 +77,7 @@ class Pipeline:
     def __init__(self, settings: config.Settings, store, outbox: Outbox, kv, tracker=None):
         self.settings, self.store, self.outbox, self.kv, self.tracker = settings, store, outbox, kv, tracker
         self.docs = report.DocsWriter(settings)
+        self.code = codeidea.CodeIdeas(settings, store, outbox, kv, tracker)  # code ideas: review, approval
         self._advanced: dict[int, float | None] = {}  # job id -> finished_at it was advanced at
         self._retry_at: dict[int, float] = {}
         self._next_approval = 0.0
@@ -113,6 +115,7 @@ class Pipeline:
         if now >= self._next_approval:
             self._next_approval = now + self.settings.daemon.poll_interval
             self._approvals()
+            self.code.step()
         self._schedule_noise(now)
         return done
 
@@ -159,8 +162,9 @@ class Pipeline:
             prereg=job.payload.get("prereg"), ledger=self.ledger(n), run_dir=self._display(job.run_dir),
             next_step=next_text, plots=(finding or {}).get("plots") or self._plots(job),
             finding=(finding or {}).get("url") or (finding or {}).get("path"),
-            noise=self._noise_units(result, job.payload.get("spec")))
+            noise=self._noise_units(result, job.payload.get("spec"))) + "\n\n" + source.line(job.payload, result)
         self.outbox.comment(n, self.result_key(job), body, job.run_dir)
+        codeidea.mirror(self.outbox, job, self.result_key(job), body, job.run_dir)  # and its pull request
         status = "passed" if passed else "killed" if killed else "queued"
         self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-{status}", status)
         self._progress_final(job, f"{report.title_of(stage)} {verdict}. {next_text}")
@@ -228,6 +232,14 @@ class Pipeline:
                           *(("--extend-from", job.run_dir or "") if nxt == "extend" else ()))
         p.update(stage=nxt, argv=argv, previous_job=job.id)
         key = f"{self.chain_key(job)}/{nxt}"
+        if p.get("unapproved") and nxt in ("replication", "full"):  # REFINERY_CODE_AUTO_APPROVE=cpu stops here
+            p["unapproved"] = False
+            self.kv.put(f"approval:{job.id}", {"issue": n, "job": job.id, "payload": p, "key": key, "kind":
+                                               STAGE_KIND[nxt], "lane": job.lane.value, "comment": self.result_key(job),
+                                               "what": report.title_of(nxt).lower(), "on": "an unapproved result"})
+            return (f"{report.title_of(nxt)} waits: commit `{p['code']['sha'][:12]}` ran unapproved "
+                    "(REFINERY_CODE_AUTO_APPROVE=cpu); a 👍 from someone with write access on this comment approves "
+                    "it, and what follows is queued on the next look.")
         if nxt == "full" and self.settings.daemon.full_requires_approval:
             self.kv.put(f"approval:{job.id}", {"issue": n, "job": job.id, "payload": p, "key": key,
                                                "lane": job.lane.value, "comment": self.result_key(job)})
@@ -323,7 +335,7 @@ class Pipeline:
         if rec and rec.get("job") == job.id:
             return
         stage, date = job.payload["stage"], report.date_of(job.finished_at)
-        why = f"killed at {stage} ({result.get('verdict')}): {result.get('reason', '')}"
+        why = f"killed at {stage} ({result.get('verdict')}): {result.get('reason', '')}" + codeidea.graveyard_note(job)
         line = report.graveyard_line(date=date, issue=n, title=job.payload.get("title") or f"issue {n}", why=why,
                                      finding_rel=(finding or {}).get("name", ""))
         self.docs.write({"ROADMAP.md": self.docs.roadmap_with(line)}, f"refinery: #{n} to the graveyard")
