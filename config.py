@@ -263,6 +263,15 @@ class DaemonConfig:
     write_interval_s: float = F(1.0, "outbox: at least this long between GitHub writes", 0.0, 3600.0)
     max_rate_limit_wait_s: float = F(15.0, "longest a single request may sleep for a rate limit", 0.0, 3600.0)
     github_timeout_s: float = F(15.0, "HTTP timeout of one GitHub request", 0.5, 600.0)
+    outbox_lease_s: float = F(300.0, "outbox: a sender's claim on one write (several hosts share the outbox); above "
+                              "the longest request (github_timeout_s, retries, max_rate_limit_wait_s)", 5.0, 86400.0)
+    marker_settle_s: float = F(10.0, "outbox: after an uncertain comment (a 5xx, a timeout, a kill), wait this long "
+                               "past the moment it could still land before searching for its marker (GitHub's "
+                               "lists lag a created comment by seconds)", 0.0, 3600.0)
+    tracker_idle_s: float = F(0.5, "the tracker thread (polls, outbox, approvals) looks for due writes this often "
+                              "when idle", 0.01, 60.0)
+    tracker_join_s: float = F(2.0, "at a stop, the longest the daemon waits for a GitHub request in flight (the "
+                              "write stays in the outbox, checked for by its marker at the next start)", 0.0, 600.0)
     github_backoff_s: float = F(5.0, "first pause after a GitHub 5xx or network error; doubles per failure up "
                                 "to 300 s (never hammer an outage)", 0.0, 3600.0)
     resync_s: float = F(86400.0, "a full re-read of the open issues this often, besides the `since` "
