@@ -268,6 +268,9 @@ class DaemonConfig:
     marker_settle_s: float = F(10.0, "outbox: after an uncertain comment (a 5xx, a timeout, a kill), wait this long "
                                "past the moment it could still land before searching for its marker (GitHub's "
                                "lists lag a created comment by seconds)", 0.0, 3600.0)
+    writer_lease_s: float = F(60.0, "several hosts: one daemon at a time advances the pipeline and writes the "
+                              "documents; its lease, renewed every third of it (a dead writer's successor waits "
+                              "this long)", 3.0, 86400.0)
     tracker_idle_s: float = F(0.5, "the tracker thread (polls, outbox, approvals) looks for due writes this often "
                               "when idle", 0.01, 60.0)
     tracker_join_s: float = F(2.0, "at a stop, the longest the daemon waits for a GitHub request in flight (the "

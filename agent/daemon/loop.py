@@ -37,7 +37,7 @@ from agent.daemon.outbox import Delivery, Outbox, Sender
 from agent.daemon.pipeline import Pipeline, waiting_approvals
 from agent.ops import sdnotify
 from agent.ops.archive import archive_runs, champion_paths
-from agent.state.tables import IntakeMemory, KeyValue, OutboxStore
+from agent.state.tables import IntakeMemory, KeyValue, Leases, OutboxStore
 from agent.trackers.factory import make_tracker
 from agent.trackers.interface import Tracker, TrackerError, TrackerUnavailable
 from experiments.runs import read_progress
@@ -100,6 +100,9 @@ class Daemon:
         self.on_job: list = [self.report_job]  # hooks called with each job whose state changed
 
         self.pipeline = Pipeline(settings, self.store, self.outbox, self.kv, self.tracker)  # stage chaining
+        self.leases = Leases(engine)
+        self.writer_token: int | None = None  # the `writer` lease: this daemon advances the pipeline and writes docs
+        self._writer_next = 0.0
 
     @property
     def worker(self):
@@ -146,9 +149,24 @@ class Daemon:
         """One worker iteration, then the reporter and the pipeline. True if the worker did something."""
         did = bool(self.worker.step(now))
         self.report()
-        if self.pipeline is not None:
+        if self.pipeline is not None and self.is_writer(now):
             did |= bool(self.pipeline.step(now))
         return did
+
+    def is_writer(self, now: float) -> bool:
+        """Several hosts share one queue, one of them at a time is the writer: it advances the pipeline (next
+        stages, result comments, findings, model cards, the graveyard) and commits the documents in its
+        checkout. The `writer` lease (agent_leases, the database's clock) is renewed every writer_lease_s / 3;
+        a writer that died on this host is replaced at once, one on another host after writer_lease_s."""
+        if now >= self._writer_next:
+            lease = self.settings.daemon.writer_lease_s
+            self._writer_next = now + lease / 3
+            token = self.leases.hold("writer", self.sender.holder, lease, gone=self.sender._gone)
+            if (token is None) != (self.writer_token is None):
+                log.info("%s the document writer (lease %s)", "this daemon is now" if token else "another daemon is",
+                         token or (self.leases.get("writer") or {}).get("holder", "?").split("|")[0])
+            self.writer_token = token
+        return self.writer_token is not None
 
     def report(self) -> None:
         """Call the on_job hooks for each recent job whose state changed since it was last reported

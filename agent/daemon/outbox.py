@@ -26,9 +26,9 @@ from pathlib import Path
 
 import config
 from agent.redact import redact
-from agent.state.tables import DEAD, ClaimLost, Item, KeyValue, OutboxStore
+from agent.state.tables import DEAD, ClaimLost, Item, KeyValue, OutboxStore, holder_gone, holder_of
 from agent.trackers.interface import Tracker, TrackerError, TrackerUnavailable, marker
-from jobqueue.proc import Owner, same_process
+from jobqueue.proc import Owner
 
 log = logging.getLogger("refinery.outbox")
 
@@ -111,12 +111,11 @@ class Sender:
         self.settings, self.tracker, self.store, self.kv = settings, tracker, store, kv
         self.last_write = float(kv.get("outbox.last_write", 0.0))
         self.owner = Owner.current(settings.host)
-        self.holder = f"{self.owner.host}|{self.owner.boot}|{self.owner.pid}|{self.owner.start}"
+        self.holder = holder_of(self.owner)
 
     def _gone(self, holder: str | None) -> bool:
         """A claim's holder died on this host (a killed daemon): its rows are taken over at once."""
-        host, boot, pid, start = ((holder or "").split("|") + ["", "", "", ""])[:4]
-        return host == self.owner.host and pid.isdigit() and not same_process(int(pid), start, boot)
+        return holder_gone(holder, self.owner.host)
 
     def deliver(self, deadline: float | None = None, max_items: int | None = None) -> Delivery:
         out = Delivery()

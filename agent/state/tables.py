@@ -25,6 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from agent.state.base import AgentBase, ensure_tables
 from config import RefineryError
 from jobqueue.db import is_sqlite, read_tx, write_tx
+from jobqueue.proc import Owner, same_process
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 KINDS = ("comment", "edit", "status", "label", "unlabel", "close")
@@ -70,6 +71,17 @@ class AgentIssueRow(AgentBase):
     state: Mapped[str] = mapped_column(String(16), default="open")
     labels: Mapped[list] = mapped_column(JSON, default=list)
     updated_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class LeaseRow(AgentBase):
+    """A named lease one process holds at a time (the document writer, say), judged by the database's clock."""
+
+    __tablename__ = "agent_leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    until: Mapped[float] = mapped_column(Float)
+    token: Mapped[int] = mapped_column(Integer, default=1)  # raised whenever the lease changes hands
 
 
 class KVRow(AgentBase):
@@ -142,6 +154,49 @@ class ClaimLost(RefineryError):
     Fix: nothing to do; the row's new holder delivers it. If it happens often, raise outbox_lease_s above the
     longest GitHub request (github_timeout_s plus max_rate_limit_wait_s).
     """
+
+
+def holder_of(owner: Owner) -> str:
+    """The claim holder's name: host, boot, pid and start time (so a dead holder on this host is recognised)."""
+    return f"{owner.host}|{owner.boot}|{owner.pid}|{owner.start}"
+
+
+def holder_gone(holder: str | None, host: str) -> bool:
+    """`holder` ran on `host` (this one) and that process is gone: what it held is taken over at once."""
+    h, boot, pid, start = ((holder or "").split("|") + ["", "", "", ""])[:4]
+    return h == host and pid.isdigit() and not same_process(int(pid), start, boot)
+
+
+class Leases:
+    """Named leases (agent_leases): `hold` takes or renews one; several hosts agree on who holds it."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        ensure_tables(engine)
+
+    def hold(self, name: str, holder: str, lease_s: float, gone=lambda holder: False) -> int | None:
+        """Take or renew lease `name` for `holder`; its token (raised when it changes hands), or None when a
+        live other holder has it."""
+        with write_tx(self.engine) as c:
+            now = db_now(c)
+            row = c.execute(select(LeaseRow).where(LeaseRow.name == name)).first()
+            if row is None:
+                ins = _insert(self.engine)(LeaseRow).values(name=name, holder=holder, until=now + lease_s, token=1)
+                done = c.execute(ins.on_conflict_do_nothing(index_elements=[LeaseRow.name])
+                                 .returning(LeaseRow.token)).first()
+                return 1 if done is not None else None
+            if row.holder != holder and row.until > now and not gone(row.holder):
+                return None
+            token = row.token if row.holder == holder else row.token + 1
+            res = c.execute(update(LeaseRow).where(LeaseRow.name == name, LeaseRow.token == row.token,
+                                                   LeaseRow.holder == row.holder)
+                            .values(holder=holder, until=now + lease_s, token=token))
+            return token if res.rowcount else None
+
+    def get(self, name: str) -> dict | None:
+        with read_tx(self.engine) as c:
+            row = c.execute(select(LeaseRow).where(LeaseRow.name == name)).first()
+        return None if row is None else {"holder": row.holder, "until": row.until, "token": row.token}
 
 
 def db_now(conn, fallback: float | None = None) -> float:
