@@ -235,6 +235,8 @@ class QueueConfig:
     wall_ablation_s: float = F(4 * 3600.0, "wall-time limit of an ablation job", 1.0, 10**7)
     wall_full_s: float = F(72 * 3600.0, "wall-time limit of a full job", 1.0, 10**7)
     wall_task_s: float = F(3600.0, "wall-time limit of a generic task job", 1.0, 10**7)
+    clock_check_s: float = F(60.0, "PostgreSQL: how often this host measures its clock against the database's "
+                             "(leases and recovery are judged by the database's clock)", 1.0, 86400.0)
     agent_lease_s: float = F(1800.0, "an agent-lane claim's lease (a coding agent heartbeats)", 1.0, 10**7)
     sqlite_synchronous: str = F("NORMAL", "SQLite synchronous level in WAL mode: NORMAL survives kill -9, "
                                 "may lose the last commits on power loss", choices=("NORMAL", "FULL"))
