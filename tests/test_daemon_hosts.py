@@ -56,7 +56,8 @@ def test_two_daemons_on_one_postgres_queue_do_everything_once(tmp_path, pg_url, 
             for p in procs:
                 p.check()
             jobs = [j for n in ideas + items for j in store.jobs_for_issue(n)]
-            live = [j for j in jobs if j.state in ("running", "retrying") or (j.state == "queued" and j.lane != "agent")]
+            live = [j for j in jobs
+                    if j.state in ("running", "retrying") or (j.state == "queued" and j.lane != "agent")]
             return (len(findings(tmp_path)) >= IDEAS and not live and ob.counts()["pending"] == 0
                     and all(store.jobs_for_issue(n) for n in items))
 
