@@ -270,6 +270,8 @@ class QueueConfig:
     wall_ablation_s: float = F(4 * 3600.0, "wall-time limit of an ablation job", 1.0, 10**7)
     wall_full_s: float = F(72 * 3600.0, "wall-time limit of a full job", 1.0, 10**7)
     wall_task_s: float = F(3600.0, "wall-time limit of a generic task job", 1.0, 10**7)
+    clock_check_s: float = F(60.0, "PostgreSQL: how often this host measures its clock against the database's "
+                             "(leases and recovery are judged by the database's clock)", 1.0, 86400.0)
     agent_lease_s: float = F(1800.0, "an agent-lane claim's lease (a coding agent heartbeats)", 1.0, 10**7)
     sqlite_synchronous: str = F("NORMAL", "SQLite synchronous level in WAL mode: NORMAL survives kill -9, "
                                 "may lose the last commits on power loss", choices=("NORMAL", "FULL"))
@@ -298,6 +300,18 @@ class DaemonConfig:
     write_interval_s: float = F(1.0, "outbox: at least this long between GitHub writes", 0.0, 3600.0)
     max_rate_limit_wait_s: float = F(15.0, "longest a single request may sleep for a rate limit", 0.0, 3600.0)
     github_timeout_s: float = F(15.0, "HTTP timeout of one GitHub request", 0.5, 600.0)
+    outbox_lease_s: float = F(300.0, "outbox: a sender's claim on one write (several hosts share the outbox); above "
+                              "the longest request (github_timeout_s, retries, max_rate_limit_wait_s)", 5.0, 86400.0)
+    marker_settle_s: float = F(10.0, "outbox: after an uncertain comment (a 5xx, a timeout, a kill), wait this long "
+                               "past the moment it could still land before searching for its marker (GitHub's "
+                               "lists lag a created comment by seconds)", 0.0, 3600.0)
+    writer_lease_s: float = F(60.0, "several hosts: one daemon at a time advances the pipeline and writes the "
+                              "documents; its lease, renewed every third of it (a dead writer's successor waits "
+                              "this long)", 3.0, 86400.0)
+    tracker_idle_s: float = F(0.5, "the tracker thread (polls, outbox, approvals) looks for due writes this often "
+                              "when idle", 0.01, 60.0)
+    tracker_join_s: float = F(2.0, "at a stop, the longest the daemon waits for a GitHub request in flight (the "
+                              "write stays in the outbox, checked for by its marker at the next start)", 0.0, 600.0)
     github_backoff_s: float = F(5.0, "first pause after a GitHub 5xx or network error; doubles per failure up "
                                 "to 300 s (never hammer an outage)", 0.0, 3600.0)
     resync_s: float = F(86400.0, "a full re-read of the open issues this often, besides the `since` "

@@ -23,6 +23,8 @@ base of their own and make them with `migrations.create_tables`.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -145,3 +147,39 @@ class Cursor:
 def unique_violation(e: BaseException) -> bool:
     text = str(e)
     return "UNIQUE constraint failed" in text or "duplicate key value violates unique constraint" in text
+
+
+class DbClock:
+    """The one clock leases are judged by. SQLite (one host): this host's. PostgreSQL (several hosts): the
+    database server's, as this host's clock plus the offset measured against it (one query, again every
+    clock_check_s), so a host whose clock runs ahead neither steals live jobs nor keeps a dead host's.
+
+        clock.now(None)  # the database's time now;  clock.now(t): t, a time read from this host's clock, moved onto it
+    """
+
+    def __init__(self, engine: Engine, check_s: float = 60.0):
+        self.engine, self.check_s = engine, check_s
+        self.skew = 0.0  # database minus this host, seconds
+        self._checked = float("-inf")
+        self._lock = threading.Lock()
+
+    def now(self, now: float | None = None) -> float:
+        local = time.time() if now is None else now
+        if self.engine.dialect.name != "postgresql":
+            return local
+        if time.monotonic() - self._checked >= self.check_s:
+            self.measure()
+        return local + self.skew
+
+    def measure(self) -> float:
+        with self._lock:
+            try:
+                with self.engine.connect() as conn:
+                    t0 = time.time()
+                    db = float(conn.exec_driver_sql("SELECT extract(epoch from clock_timestamp())").scalar_one())
+                    t1 = time.time()
+                    conn.rollback()
+            except Exception:  # noqa: BLE001 - unreachable: keep the last offset; the caller's own query says why
+                return self.skew
+            self.skew, self._checked = db - (t0 + t1) / 2, time.monotonic()
+        return self.skew

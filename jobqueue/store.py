@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,7 +28,7 @@ import sqlalchemy
 
 import config
 from jobqueue.db import Cursor as _Cursor
-from jobqueue.db import is_sqlite, make_engine, normalise_url
+from jobqueue.db import DbClock, is_sqlite, make_engine, normalise_url
 from jobqueue.db import unique_violation as _unique_violation
 from jobqueue.errors import IllegalTransition, LeaseLost, QueueBusy, QueueUnavailable, UnknownJob
 from jobqueue.errors import free_note as _free_note
@@ -37,10 +36,6 @@ from jobqueue.migrations import init_db
 from jobqueue.models import CLAIMABLE, FINAL, JOB_COLUMNS, Event, Job, Lane, State
 from jobqueue.proc import Owner, same_process
 from jobqueue.wake import Waiter, wait_offering
-
-
-def _wall_now(now: float | None) -> float:
-    return time.time() if now is None else now
 
 
 class Store:
@@ -77,6 +72,7 @@ class Store:
             f"WITH fin AS ({self._FINISH}), nxt AS ({nxt})"
             " SELECT (SELECT COUNT(*) FROM fin) AS finished, nxt.* FROM (SELECT 1) AS one LEFT JOIN nxt ON true")
         self._waiter = Waiter(self.url, self.engine, settings.queue.idle_poll_s)
+        self.clock = DbClock(self.engine, settings.queue.clock_check_s)  # PostgreSQL: leases on the server's clock
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -170,7 +166,7 @@ class Store:
         """Add a job, or return the one already there for (issue, kind, key). A job with neither an
         issue nor a key is never deduplicated. It starts blocked while its dependency is unfinished
         or its issue is held, cancelled if the dependency already failed."""
-        lane, now = Lane(lane), _wall_now(now)
+        lane, now = Lane(lane), self.clock.now(now)
         dedupe = f"{'' if issue is None else issue}:{kind}:{key or ''}" if issue is not None or key else None
         with self._tx(single=issue is None and depends_on is None) as cur:
             held = issue is not None and cur.one("SELECT issue FROM held_issues WHERE issue = :i", {"i": issue})
@@ -202,7 +198,7 @@ class Store:
     def enqueue_many(self, kind: str, lane: str | Lane, payloads: list[dict], priority: int = 0,
                      now: float | None = None) -> int:
         """Bulk enqueue in one transaction (ad hoc jobs: no issue, no dedupe, no dependency)."""
-        lane, now = Lane(lane), _wall_now(now)
+        lane, now = Lane(lane), self.clock.now(now)
         with self._tx() as cur:
             cur.cur.executemany(self._sql(
                 "INSERT INTO jobs (issue, kind, lane, state, priority, attempt, attempt_base, max_attempts, payload,"
@@ -247,7 +243,7 @@ class Store:
         (or, gpu lane, this host's `device` already runs one: the database refuses a second)."""
         try:
             with self._tx(single=True) as cur:
-                got = self._claim(cur, Lane(lane), owner, device, _wall_now(now))
+                got = self._claim(cur, Lane(lane), owner, device, self.clock.now(now))
                 return got[0] if got else None
         except Exception as e:
             if _unique_violation(e):
@@ -257,11 +253,11 @@ class Store:
     def claim_many(self, lane: str | Lane, owner: Owner, n: int, now: float | None = None) -> list[Job]:
         """Lease up to n jobs of a cpu or agent lane in one transaction (best first)."""
         with self._tx(single=True) as cur:
-            return self._claim(cur, Lane(lane), owner, None, _wall_now(now), n)
+            return self._claim(cur, Lane(lane), owner, None, self.clock.now(now), n)
 
     def heartbeat(self, job_id: int, attempt: int, now: float | None = None) -> bool:
         """Extend the lease; False when this claim no longer holds the job (stop working on it)."""
-        now = _wall_now(now)
+        now = self.clock.now(now)
         with self._tx(single=True) as cur:
             return cur.one(
                 "UPDATE jobs SET heartbeat_at = :now, lease_until = :now + CASE WHEN lane = 'agent'"
@@ -299,13 +295,13 @@ class Store:
                ) -> None:
         """Record success (fenced: LeaseLost if this attempt no longer holds the job); frees its dependents."""
         with self._tx() as cur:
-            self._finish(cur, job_id, attempt, result, _wall_now(now), note)
+            self._finish(cur, job_id, attempt, result, self.clock.now(now), note)
 
     def finish_and_claim(self, job_id: int, attempt: int, result: dict, lane: str | Lane, owner: Owner,
                          device: str | None = None, now: float | None = None) -> Job | None:
         """finish() and claim() in one transaction: one commit per job for a busy lane (PostgreSQL: one
         statement, so one round trip)."""
-        now, lane = _wall_now(now), Lane(lane)
+        now, lane = self.clock.now(now), Lane(lane)
         if self.sqlite or lane == Lane.GPU:  # the gpu claim may hit its unique index: keep the finish apart
             with self._tx() as cur:
                 self._finish(cur, job_id, attempt, result, now, "succeeded")
@@ -323,7 +319,7 @@ class Store:
                               now: float | None = None) -> tuple[list[Job], list[int]]:
         """Record several successes (job id, attempt, result) and lease up to n more, in one transaction.
         Returns (claimed jobs, ids whose lease was lost: their result was not recorded)."""
-        now = _wall_now(now)
+        now = self.clock.now(now)
         lost = []
         with self._tx() as cur:
             for job_id, attempt, result in done:
@@ -346,7 +342,7 @@ class Store:
     def fail(self, job_id: int, attempt: int, error: str, retry: bool = True, now: float | None = None) -> Job:
         """Record a failed attempt: retrying after a back-off (doubling per try) while tries remain and
         `retry`, else failed for good (its dependents are cancelled). Fenced like finish()."""
-        now = _wall_now(now)
+        now = self.clock.now(now)
         q = self.settings.queue
         with self._tx() as cur:
             row = self._fenced(cur, "SELECT * FROM jobs WHERE id = :id AND attempt = :a AND state = 'running'",
@@ -374,7 +370,7 @@ class Store:
         """Back to queued (after `delay`), resuming from the run directory's checkpoint when the stage has
         one. count_attempt False (exit 75, a warm stop): the attempt does not count against max_attempts,
         up to max_resumes such requeues; beyond that it counts, and may fail the job."""
-        now = _wall_now(now)
+        now = self.clock.now(now)
         q = self.settings.queue
         with self._tx() as cur:
             row = self._fenced(cur, "SELECT * FROM jobs WHERE id = :id AND attempt = :a AND state = 'running'",
@@ -409,13 +405,13 @@ class Store:
     def mark_cancelled(self, job_id: int, attempt: int, reason: str, now: float | None = None) -> Job:
         """The runner stopped a job whose cancel was requested (fenced)."""
         with self._tx() as cur:
-            return self._cancel_running(cur, job_id, attempt, _wall_now(now), reason)
+            return self._cancel_running(cur, job_id, attempt, self.clock.now(now), reason)
 
     # ------------------------------------------------------------------ people's actions
     def cancel(self, job_id: int, reason: str = "cancelled", now: float | None = None) -> Job:
         """Cancel a waiting job at once; a running one is asked to stop (its worker kills the child's
         process group and marks it cancelled); an agent-lane claim is cancelled at once."""
-        now = _wall_now(now)
+        now = self.clock.now(now)
         with self._tx() as cur:
             job = self._get(cur, job_id)
             if job.state in FINAL:
@@ -431,7 +427,7 @@ class Store:
 
     def retry(self, job_id: int, now: float | None = None) -> Job:
         """Run a failed or cancelled job again, with a fresh set of attempts."""
-        now = _wall_now(now)
+        now = self.clock.now(now)
         with self._tx() as cur:
             job = self._get(cur, job_id)
             if job.state not in (State.FAILED, State.CANCELLED):
@@ -447,7 +443,7 @@ class Store:
     def hold_issue(self, issue: int, now: float | None = None) -> int:
         """The issue's `blocked` label: its waiting jobs turn blocked, new ones start blocked; running
         jobs finish. Returns how many jobs were held."""
-        now = _wall_now(now)
+        now = self.clock.now(now)
         with self._tx() as cur:
             if not cur.one("SELECT issue FROM held_issues WHERE issue = :i", {"i": issue}):
                 cur.execute("INSERT INTO held_issues (issue, held_at) VALUES (:i, :now)", {"i": issue, "now": now})
@@ -458,7 +454,7 @@ class Store:
 
     def release_issue(self, issue: int, now: float | None = None) -> int:
         """Lift the hold; jobs whose dependency is met are queued again. Returns how many."""
-        now = _wall_now(now)
+        now = self.clock.now(now)
         with self._tx() as cur:
             cur.execute("DELETE FROM held_issues WHERE issue = :i", {"i": issue})
             cur.execute("UPDATE jobs SET held = :false WHERE issue = :i", {"false": False, "i": issue})
@@ -476,7 +472,7 @@ class Store:
         Each is requeued (an expired lease counts an attempt; a dead owner on this host does not, up to
         max_resumes), failed after its last attempt, or cancelled if a cancel was pending. Returns
         (job as it was, what happened) for each, so the caller can kill orphans."""
-        now = _wall_now(now)
+        now = self.clock.now(now)
         out: list[tuple[Job, str]] = []
         with self._tx() as cur:
             rows = cur.all("SELECT * FROM jobs WHERE state = 'running' AND (lease_until < :now OR owner_host = :h)",

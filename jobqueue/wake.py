@@ -124,7 +124,7 @@ def wait_offering(store, lane, owner, ident: tuple[int, object], timeout: float)
         (oid,), = cur.tuples(OFFER_SQL, {
             "lane": lane.value, "host": owner.host, "boot": owner.boot, "pid": owner.pid, "start": owner.start,
             "lease_s": store._lease_s(lane), "note": f"claimed by {owner.label} (handed over at enqueue)",
-            "bpid": ident[0], "bstart": ident[1], "now": time.time()})
+            "bpid": ident[0], "bstart": ident[1], "now": store.clock.now()})
     woke = job = None
     try:
         woke = store._waiter.wait_grant(timeout)

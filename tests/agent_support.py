@@ -22,7 +22,8 @@ def settings_for(db_url: str, tmp_path: Path, srv: GitHubServer | None = None, *
     base = {"db_url": db_url, "runs_dir": str(tmp_path / "runs"), "poll_interval": 1.0, "write_interval_s": 0.0,
             "github_backoff_s": 0.0, "max_rate_limit_wait_s": 3.0, "github_timeout_s": 5.0, "gpu_devices": "",
             "cpu_workers": 1, "heartbeat_s": 0.2, "lease_s": 10.0, "once_timeout_s": 20.0,
-            "stage_source": "checkout"}  # the tests test this checkout's uncommitted code; test_code_ideas.py pins
+            # stage_source: the tests test this checkout's uncommitted code (test_code_ideas.py pins)
+            "stage_source": "checkout", "marker_settle_s": 0.0}
     if srv is not None:
         base.update(tracker="github", github_repo=REPO, github_api_url=srv.url)
     base.update(over)

@@ -16,8 +16,11 @@ issues, pull requests (create, with `draft`; list by `head` and `state`; get; ed
 repository labels (get, create, list), collaborator permission, issue events (`labeled` with its
 actor), reactions on a comment, `x-ratelimit-*` headers and `/rate_limit`.
 
+A slow GitHub: `write_delay` seconds before every write is performed and answered.
+
 Fault injection (`fail`): a status with optional headers/body returned before or after the
-request took effect (a 502 after the comment was created), a dropped connection (RST), and a
+request took effect (a 502 after the comment was created), an HTML error page instead of JSON (`html`),
+a dropped connection (RST), and a
 primary rate limit (`exhaust`: 403 with x-ratelimit-remaining 0 and a reset). `counted` counts
 requests that cost rate-limit quota; `not_modified` the 304s; `log` keeps every request.
 
@@ -64,6 +67,7 @@ class Fault:
     delay: float = 0.0  # seconds to stall before answering (a slow or hanging GitHub)
     headers: dict = field(default_factory=dict)
     message: str = "Server Error"
+    html: bool = False  # answer with an HTML error page (what GitHub's front end sends on a 502/503), not JSON
     times: int = 1
     hits: int = 0
 
@@ -95,6 +99,7 @@ class GitHubServer(LocalServer):
         self.remaining = limit
         self.reset_at = time.time() + 3600
         self.exhausted_until = 0.0
+        self.write_delay = 0.0  # every POST/PATCH/DELETE/PUT is answered (and takes effect) after this many seconds
         self._next_id = 1000
         self._clock = 0.0
 
@@ -291,6 +296,19 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(body)
 
+    def _send_html(self, status: int, headers: dict) -> None:
+        body = (f"<!DOCTYPE html>\n<html><head><title>Unicorn! &middot; GitHub</title></head><body>"
+                f"<p>{status}: this page is taking too long to load.</p></body></html>\n").encode()
+        with self.server_ref.lock:
+            self.server_ref.log.append((self.command, self.path, status, time.time()))
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def _reset_connection(self) -> None:
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.connection.close()
@@ -327,6 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(403, {"message": PRIMARY_MSG}, {"x-ratelimit-remaining": "0"})
         if fault and not fault.after:
             return self._fault(fault)
+        if method != "GET" and srv.write_delay > 0:
+            time.sleep(srv.write_delay)
         try:
             status, data, headers = self._route(method, path, query, payload)
         except KeyError:
@@ -345,6 +365,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(f.delay)
         if f.reset:
             return self._reset_connection()
+        if f.html:
+            return self._send_html(f.status, f.headers)
         msg = f.message
         if f.status in (403, 429) and msg == "Server Error":
             msg = SECONDARY_MSG

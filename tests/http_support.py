@@ -8,6 +8,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that gave up (a timeout, a killed daemon) before a slow answer is not an error here."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class LocalServer:
     handler: type[BaseHTTPRequestHandler]  # set by the subclass
     thread_name = "local-server"
@@ -19,7 +28,7 @@ class LocalServer:
         class Handler(self.handler):
             server_ref = srv
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True, name=self.thread_name).start()
         return self

@@ -3,9 +3,15 @@
     d = Daemon(settings)          # store, tracker, intake, outbox, worker, all on one database
     d.tick(now)                   # one iteration (tests step it): poll if due, work, report, deliver
     d.once()                      # `refinery daemon --once`: poll, drain what is runnable, deliver, return
-    d.serve()                     # `refinery daemon`: APScheduler polls every poll_interval; the main
-                                  # thread runs the worker and the sender; SIGTERM/SIGINT: warm stop,
-                                  # a second one: cold stop; SIGHUP: reload() the settings
+    d.serve()                     # `refinery daemon`: the main thread runs the worker (claims, heartbeats,
+                                  # stops), the reporter and the pipeline, and never calls the tracker;
+                                  # the tracker thread polls, delivers the outbox and looks for approvals;
+                                  # APScheduler runs the archive pass; SIGTERM/SIGINT: warm stop, a second
+                                  # one: cold stop; SIGHUP: reload() the settings
+
+No tracker call, however slow or hung, delays a heartbeat, a claim or a stop: in serve() every GitHub request
+is made by the tracker thread (a daemon thread), and the stop waits for it at most tracker_join_s; a write it
+had in flight stays in the outbox, its attempt recorded, so the next start looks for its marker first.
 
 GitHub being rate-limited or down never stops the queue: a poll or a delivery that meets
 TrackerUnavailable is noted (one line: what GitHub answered, until when) and retried after `until`;
@@ -25,12 +31,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import config
+from agent import redact
 from agent.daemon.intake import Intake
 from agent.daemon.outbox import Delivery, Outbox, Sender
 from agent.daemon.pipeline import Pipeline, waiting_approvals
 from agent.ops import sdnotify
 from agent.ops.archive import archive_runs, champion_paths
-from agent.state.tables import IntakeMemory, KeyValue, OutboxStore
+from agent.state.tables import IntakeMemory, KeyValue, Leases, OutboxStore
 from agent.trackers.factory import make_tracker
 from agent.trackers.interface import Tracker, TrackerError, TrackerUnavailable
 from experiments.runs import read_progress
@@ -85,12 +92,17 @@ class Daemon:
         self.stops = 0
         self.stop_requested_at: float | None = None  # the first stop signal (the warm-stop time is measured from it)
         self.reload_requested = False  # SIGHUP seen; the main loop reloads
-        self._sched = None  # the poll scheduler while serve() runs
+        self._sched = None  # the archive scheduler while serve() runs
+        self._tracker_thread: threading.Thread | None = None  # serve(): every tracker call is made there
+        self._tracker_stop = threading.Event()
         self._watchdog: sdnotify.Watchdog | None = None
         self._reported: dict[int, str] = {}
         self.on_job: list = [self.report_job]  # hooks called with each job whose state changed
 
         self.pipeline = Pipeline(settings, self.store, self.outbox, self.kv, self.tracker)  # stage chaining
+        self.leases = Leases(engine)
+        self.writer_token: int | None = None  # the `writer` lease: this daemon advances the pipeline and writes docs
+        self._writer_next = 0.0
         self.coder = None  # coder: REFINERY_CODER=claude runs Claude Code on agent-lane items (agent/coder/)
         if settings.coder.coder == "claude":
             from agent.coder.driver import Coder
@@ -144,9 +156,24 @@ class Daemon:
         if self.coder is not None:
             did |= bool(self.coder.step(now))
         self.report()
-        if self.pipeline is not None:
+        if self.pipeline is not None and self.is_writer(now):
             did |= bool(self.pipeline.step(now))
         return did
+
+    def is_writer(self, now: float) -> bool:
+        """Several hosts share one queue, one of them at a time is the writer: it advances the pipeline (next
+        stages, result comments, findings, model cards, the graveyard) and commits the documents in its
+        checkout. The `writer` lease (agent_leases, the database's clock) is renewed every writer_lease_s / 3;
+        a writer that died on this host is replaced at once, one on another host after writer_lease_s."""
+        if now >= self._writer_next:
+            lease = self.settings.daemon.writer_lease_s
+            self._writer_next = now + lease / 3
+            token = self.leases.hold("writer", self.sender.holder, lease, gone=self.sender._gone)
+            if (token is None) != (self.writer_token is None):
+                log.info("%s the document writer (lease %s)", "this daemon is now" if token else "another daemon is",
+                         token or (self.leases.get("writer") or {}).get("holder", "?").split("|")[0])
+            self.writer_token = token
+        return self.writer_token is not None
 
     def report(self) -> None:
         """Call the on_job hooks for each recent job whose state changed since it was last reported
@@ -341,11 +368,14 @@ class Daemon:
             signal.signal(signal.SIGINT, self._signal)
             signal.signal(signal.SIGHUP, self._hup)
         sched = self._sched = BackgroundScheduler(timezone=UTC)
-        sched.add_job(self._poll_job, "interval", seconds=self.settings.daemon.poll_interval, id="poll",
-                      next_run_time=datetime.now(UTC), max_instances=1, coalesce=True, misfire_grace_time=None)
         sched.add_job(self.archive, "interval", seconds=self.settings.daemon.archive_every_s, id="archive",
                       max_instances=1, coalesce=True)
         sched.start()
+        self.pipeline.approvals_inline = False
+        self.next_poll = 0.0
+        self._tracker_stop.clear()
+        self._tracker_thread = threading.Thread(target=self._tracker_loop, name="tracker", daemon=True)
+        self._tracker_thread.start()
         log.info("daemon: %s tracker, polling every %g s", self.tracker.name, self.settings.daemon.poll_interval)
         watchdog = self._watchdog = sdnotify.Watchdog.from_settings(self.settings)
         sdnotify.ready(f"polling {self.tracker.name} every {self.settings.daemon.poll_interval:g} s")
@@ -358,7 +388,6 @@ class Daemon:
                         self.reload_requested = False
                         self.reload()
                     self.work(time.time())
-                    self.deliver(deadline=time.time() + 2 * self.settings.daemon.write_interval_s + 1, max_items=5)
                     if db_down:
                         log.info("queue database reachable again")
                         db_down = False
@@ -374,11 +403,48 @@ class Daemon:
         finally:
             sdnotify.stopping()
             sched.shutdown(wait=False)
+            self._tracker_stop.set()
             running = self.drain_stop()
+            self._join_tracker()
             took = time.time() - (self.stop_requested_at or time.time())
             log.info("stopped (%s) in %.2f s after the signal; %d job(s) were running",
                      "warm" if self.stops <= 1 else "cold", took, running)
         return 0
+
+    def _tracker_loop(self) -> None:
+        """The tracker thread (serve()): poll when due, deliver the outbox, look for approvals; between rounds wait
+        on kick_tracker (set by a stop or a reload) for at most tracker_idle_s. A bug is logged, never fatal."""
+        while not self._tracker_stop.is_set():
+            try:
+                now = time.time()
+                if now >= self.next_poll:
+                    self.next_poll = now + self.settings.daemon.poll_interval
+                    self._poll_job()
+                if self._tracker_stop.is_set():
+                    break
+                d = self.deliver(deadline=time.time() + 2 * self.settings.daemon.write_interval_s + 1, max_items=5)
+                if not self._tracker_stop.is_set():
+                    self.pipeline.approvals(time.time())
+                busy = d.sent + d.found + d.failed > 0 and d.blocked is None
+            except Exception as e:  # noqa: BLE001 - the thread must outlive a bug or a database outage; logged
+                if not unreachable(e):
+                    log.exception("tracker thread")
+                busy = False
+            if not busy:
+                self._tracker_stop.wait(min(self.settings.daemon.tracker_idle_s,
+                                            max(0.0, self.next_poll - time.time())))
+
+    def _join_tracker(self) -> None:
+        """At the stop: wait for the tracker thread at most tracker_join_s. A request still hanging then is left to
+        die with the process (a daemon thread): its write stays in the outbox with its attempt recorded."""
+        t = self._tracker_thread
+        if t is None:
+            return
+        t.join(self.settings.daemon.tracker_join_s)
+        if t.is_alive():
+            log.warning("stop: a %s request is still in flight after %.0f s; not waiting for it (what it was "
+                        "writing stays in the outbox and is checked for at the next start)", self.tracker.name,
+                        self.settings.daemon.tracker_join_s)
 
     def drain_stop(self) -> int:
         """After a stop request: step the worker until its children are gone (warm: a full stage
@@ -421,6 +487,7 @@ class Daemon:
         running values, with a warning. Returns {field: (old, new)} of what was applied; a bad
         configuration changes nothing (logged)."""
         notify_reload()
+        redact.refresh()  # a rotated token file or a changed REFINERY_ENV_FILE: secrets are read again
         try:
             flags = {k: self.settings.get(k) for k, src in self.settings.sources if src == "flag"}
             new = config.load()
@@ -455,8 +522,6 @@ class Daemon:
         every = settings.daemon.poll_interval
         if every != before:
             self.next_poll = min(self.next_poll, time.time() + every)
-            if self._sched is not None and self._sched.running:
-                self._sched.reschedule_job("poll", trigger="interval", seconds=every)
 
 
 def notify_reload() -> None:

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import config
 from agent.redact import redact
-from agent.state.tables import DEAD, Item, KeyValue, OutboxStore
+from agent.state.tables import DEAD, ClaimLost, Item, KeyValue, OutboxStore, holder_gone, holder_of
 from agent.trackers.interface import Tracker, TrackerError, TrackerUnavailable, marker
+from jobqueue.proc import Owner
 
 log = logging.getLogger("refinery.outbox")
 
@@ -104,48 +105,74 @@ class Delivery:
 
 
 class Sender:
-    """The one serial sender. `deliver` sends what is due, in order, spaced write_interval_s."""
+    """A sender. `deliver` sends what is due, in order, spaced write_interval_s. Several senders (one per daemon,
+    on every host) share one outbox: each row is claimed first (a lease of outbox_lease_s and a fencing token),
+    so exactly one sender owns a send, and a sender whose claim was taken over writes nothing more."""
 
     def __init__(self, settings: config.Settings, tracker: Tracker, store: OutboxStore, kv: KeyValue):
         self.settings, self.tracker, self.store, self.kv = settings, tracker, store, kv
         self.last_write = float(kv.get("outbox.last_write", 0.0))
+        self.owner = Owner.current(settings.host)
+        self.holder = holder_of(self.owner)
+
+    def _gone(self, holder: str | None) -> bool:
+        """A claim's holder died on this host (a killed daemon): its rows are taken over at once."""
+        return holder_gone(holder, self.owner.host)
 
     def deliver(self, deadline: float | None = None, max_items: int | None = None) -> Delivery:
         out = Delivery()
         interval = self.settings.daemon.write_interval_s
         while max_items is None or out.sent + out.found + out.failed < max_items:
             now = time.time()
-            item = self.store.due(now)
-            if item is None:
-                break
             wait = self.last_write + interval - now
             if wait > 0:
                 if deadline is not None and now + wait > deadline:
                     break
+                if self.store.due(now) is None:
+                    break
                 time.sleep(wait)
-            try:
-                remote_id = self._send(item)
-                self.store.sent(item.id, time.time(), remote_id)
-                out.sent += 1
-            except _Found as f:
-                self.store.sent(item.id, time.time(), f.remote_id)
-                out.found += 1
-            except TrackerUnavailable as e:
-                self.store.later(item.id, str(e), e.until)
-                out.blocked = e
+            item = self.store.claim(self.holder, self.settings.daemon.outbox_lease_s, gone=self._gone)
+            if item is None:
                 break
-            except TrackerError as e:
-                out.failed += 1
-                out.errors.append(f"{item.key}: {e}")
-                tries = item.attempts + 1
-                if tries >= MAX_TRIES:
-                    self.store.dead(item.id, str(e))
-                    log.error("outbox: giving up on %s after %d tries: %s", item.key, tries, e)
-                else:
-                    self.store.later(item.id, str(e), time.time() + 5 * 2 ** tries)
-                    if item.kind != "comment":
-                        self.store.begin_attempt(item.id)  # count the refusal
+            try:
+                self._deliver_one(item, out)
+            except ClaimLost as e:
+                log.warning("outbox: %s", e)
+            if out.blocked is not None:
+                break
         return out
+
+    def _deliver_one(self, item: Item, out: Delivery) -> None:
+        tok = item.claim
+        try:
+            remote_id = self._send(item)
+            self.store.sent(item.id, time.time(), remote_id, claim=tok)
+            out.sent += 1
+        except _Found as f:
+            self.store.sent(item.id, time.time(), f.remote_id, claim=tok)
+            out.found += 1
+        except _Settling as w:
+            self.store.later(item.id, str(w), w.until, claim=tok)
+        except TrackerUnavailable as e:
+            if e.status is not None:  # GitHub answered: the request cannot take effect later
+                self.store.answered(item.id, claim=tok)
+            self.store.later(item.id, str(e), e.until, claim=tok)
+            out.blocked = e
+        except TrackerError as e:
+            self.store.answered(item.id, claim=tok)
+            out.failed += 1
+            out.errors.append(f"{item.key}: {e}")
+            tries = item.attempts + 1
+            if tries >= MAX_TRIES:
+                self.store.dead(item.id, str(e), claim=tok)
+                log.error("outbox: giving up on %s after %d tries: %s", item.key, tries, e)
+            else:
+                self.store.later(item.id, str(e), time.time() + 5 * 2 ** tries, claim=tok)
+                if item.kind != "comment":
+                    self.store.begin_attempt(item.id, claim=tok)  # count the refusal
+
+    def _begin(self, item: Item) -> None:
+        self.store.begin_attempt(item.id, claim=item.claim, in_flight_s=self.settings.daemon.github_timeout_s)
 
     def _wrote(self) -> None:
         self.last_write = time.time()
@@ -155,11 +182,15 @@ class Sender:
         t, n = self.tracker, item.issue
         if item.kind == "comment":
             if item.attempts > 0:  # an earlier attempt may have landed: look before posting again
+                settled = (item.lands_by or 0.0) + self.settings.daemon.marker_settle_s
+                if time.time() < settled:  # ... once it can no longer land, and the issue's list shows it
+                    raise _Settling(f"an earlier attempt may still take effect; its marker is looked for at "
+                                    f"{time.strftime('%H:%M:%S', time.localtime(settled))}", settled)
                 cid = t.find_marker(n, item.key)
                 if cid is not None:
                     log.info("outbox: %s was already delivered (comment %s); not posting again", item.key, cid)
                     raise _Found(cid)
-            self.store.begin_attempt(item.id)
+            self._begin(item)
             cid = t.post_comment(n, item.body or "")
             self._wrote()
             return cid
@@ -172,7 +203,7 @@ class Sender:
                 cid = t.find_marker(n, item.target or "")
                 if cid is None:
                     raise TrackerError(f"the comment {item.target} to edit is not on #{n}", 404)
-            self.store.begin_attempt(item.id)
+            self._begin(item)
             t.edit_comment(n, cid, item.body or "")
             self._wrote()
             return cid
@@ -195,6 +226,12 @@ class Sender:
             t.close(n)
         self._wrote()
         return None
+
+
+class _Settling(Exception):
+    def __init__(self, why: str, until: float):
+        super().__init__(why)
+        self.until = until
 
 
 class _Found(Exception):

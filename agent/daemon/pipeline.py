@@ -83,6 +83,7 @@ class Pipeline:
         self._next_approval = 0.0
         self._next_noise = 0.0
         self._next_sweep = 0.0
+        self.approvals_inline = True  # serve() turns it off: the daemon's tracker thread calls approvals()
 
     # ------------------------------------------------------------------ the loop's entry point
     def step(self, now: float | None = None) -> int:
@@ -112,10 +113,8 @@ class Pipeline:
                 except Exception:  # noqa: BLE001 - one job's bug must not stop the others; logged with its traceback
                     log.exception("pipeline: job %d could not be advanced (again in %.0f s)", job.id, RETRY_DOCS_S)
                     self._retry_at[job.id] = now + RETRY_DOCS_S
-        if now >= self._next_approval:
-            self._next_approval = now + self.settings.daemon.poll_interval
-            self._approvals()
-            self.code.step()
+        if self.approvals_inline:
+            self.approvals(now)
         self._schedule_noise(now)
         return done
 
@@ -253,6 +252,14 @@ class Pipeline:
         """The key shared by every stage of one idea's spec (intake's `spec-<hash>`)."""
         base = (job.dedupe or "").split(":", 2)[-1] if getattr(job, "dedupe", None) else ""
         return base.split("/")[0] or f"j{job.id}"
+
+    def approvals(self, now: float) -> None:
+        """Look for approvals when due (every poll_interval). A tracker call: serve() makes it from its tracker
+        thread, never from the loop that heartbeats."""
+        if now >= self._next_approval:
+            self._next_approval = now + self.settings.daemon.poll_interval
+            self._approvals()
+            self.code.step()
 
     def _approvals(self) -> None:
         """full_requires_approval: start a waiting full run once a writer reacted 👍 to the result comment."""

@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, delete, func, select, update
+from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 from agent.state.base import AgentBase, ensure_tables
+from config import RefineryError
 from jobqueue.db import is_sqlite, read_tx, write_tx
+from jobqueue.proc import Owner, same_process
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 KINDS = ("comment", "edit", "status", "label", "unlabel", "close")
@@ -46,6 +48,12 @@ class OutboxRow(AgentBase):
     remote_id: Mapped[int | None] = mapped_column(Integer)   # the comment's id once known
     created_at: Mapped[float] = mapped_column(Float)
     sent_at: Mapped[float | None] = mapped_column(Float)
+    # the sender's claim (several hosts share one outbox): who holds the row, until when, and the fencing
+    # token (raised by every claim and by a re-armed edit; a write whose token is stale changes nothing)
+    claim: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    lands_by: Mapped[float | None] = mapped_column(Float)  # the last send may still take effect until then
 
     __table_args__ = (Index("ix_outbox_due", "state", "next_at", "id"),)
 
@@ -63,6 +71,17 @@ class AgentIssueRow(AgentBase):
     state: Mapped[str] = mapped_column(String(16), default="open")
     labels: Mapped[list] = mapped_column(JSON, default=list)
     updated_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class LeaseRow(AgentBase):
+    """A named lease one process holds at a time (the document writer, say), judged by the database's clock."""
+
+    __tablename__ = "agent_leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    until: Mapped[float] = mapped_column(Float)
+    token: Mapped[int] = mapped_column(Integer, default=1)  # raised whenever the lease changes hands
 
 
 class KVRow(AgentBase):
@@ -123,6 +142,69 @@ class Item:
     remote_id: int | None
     created_at: float
     sent_at: float | None
+    claim: int = 0
+    claimed_by: str | None = None
+    lease_until: float = 0.0
+    lands_by: float | None = None
+
+
+class ClaimLost(RefineryError):
+    """This sender's claim on an outbox row was taken over (its lease expired, or the edit was re-armed).
+
+    Fix: nothing to do; the row's new holder delivers it. If it happens often, raise outbox_lease_s above the
+    longest GitHub request (github_timeout_s plus max_rate_limit_wait_s).
+    """
+
+
+def holder_of(owner: Owner) -> str:
+    """The claim holder's name: host, boot, pid and start time (so a dead holder on this host is recognised)."""
+    return f"{owner.host}|{owner.boot}|{owner.pid}|{owner.start}"
+
+
+def holder_gone(holder: str | None, host: str) -> bool:
+    """`holder` ran on `host` (this one) and that process is gone: what it held is taken over at once."""
+    h, boot, pid, start = ((holder or "").split("|") + ["", "", "", ""])[:4]
+    return h == host and pid.isdigit() and not same_process(int(pid), start, boot)
+
+
+class Leases:
+    """Named leases (agent_leases): `hold` takes or renews one; several hosts agree on who holds it."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        ensure_tables(engine)
+
+    def hold(self, name: str, holder: str, lease_s: float, gone=lambda holder: False) -> int | None:
+        """Take or renew lease `name` for `holder`; its token (raised when it changes hands), or None when a
+        live other holder has it."""
+        with write_tx(self.engine) as c:
+            now = db_now(c)
+            row = c.execute(select(LeaseRow).where(LeaseRow.name == name)).first()
+            if row is None:
+                ins = _insert(self.engine)(LeaseRow).values(name=name, holder=holder, until=now + lease_s, token=1)
+                done = c.execute(ins.on_conflict_do_nothing(index_elements=[LeaseRow.name])
+                                 .returning(LeaseRow.token)).first()
+                return 1 if done is not None else None
+            if row.holder != holder and row.until > now and not gone(row.holder):
+                return None
+            token = row.token if row.holder == holder else row.token + 1
+            res = c.execute(update(LeaseRow).where(LeaseRow.name == name, LeaseRow.token == row.token,
+                                                   LeaseRow.holder == row.holder)
+                            .values(holder=holder, until=now + lease_s, token=token))
+            return token if res.rowcount else None
+
+    def get(self, name: str) -> dict | None:
+        with read_tx(self.engine) as c:
+            row = c.execute(select(LeaseRow).where(LeaseRow.name == name)).first()
+        return None if row is None else {"holder": row.holder, "until": row.until, "token": row.token}
+
+
+def db_now(conn, fallback: float | None = None) -> float:
+    """The time leases are judged by: the database server's clock on PostgreSQL (one clock for every host),
+    this host's on SQLite (one host)."""
+    if conn.dialect.name == "postgresql":
+        return float(conn.execute(text("SELECT extract(epoch from clock_timestamp())")).scalar_one())
+    return time.time() if fallback is None else fallback
 
 
 def _item(row) -> Item:
@@ -150,9 +232,10 @@ class OutboxStore:
         """Replace the text of comment `target` (latest wins): one edit row per target, re-armed."""
         key = f"{target}@edit"
         if not self.put(issue, "edit", key, body=body, target=target, now=now):
-            with write_tx(self.engine) as c:
+            with write_tx(self.engine) as c:  # a new token: a sender still holding the old text writes nothing
                 c.execute(update(OutboxRow).where(OutboxRow.key == key)
-                          .values(body=body, state=PENDING, next_at=0.0, last_error=None))
+                          .values(body=body, state=PENDING, next_at=0.0, last_error=None, claim=OutboxRow.claim + 1,
+                                  lease_until=0.0, claimed_by=None))
 
     def due(self, now: float) -> Item | None:
         """The oldest pending write whose time has come (writes go out in the order they were made)."""
@@ -168,23 +251,54 @@ class OutboxStore:
             row = c.execute(select(OutboxRow).where(OutboxRow.key == key)).first()
         return _item(row) if row else None
 
-    def begin_attempt(self, item_id: int) -> None:
-        """Committed before the request leaves: a crash after this means 'maybe sent'."""
+    def claim(self, holder: str, lease_s: float, now: float | None = None, gone=lambda holder: False) -> Item | None:
+        """Claim the oldest pending write for `holder` when its time has come and no live sender holds it (writes
+        go out in order, so a held head row makes every other sender wait). The claim raises the row's fencing
+        token; every later change of this send names it (`claim=`) and is refused once another sender took the
+        row. A lease ends at lease_until, or at once when `gone(claimed_by)` says its holder died (on this host).
+        On PostgreSQL the lease is judged by the database's clock, so hosts whose clocks disagree agree on it."""
+        wall = time.time() if now is None else now  # next_at is this host's (a back-off it chose)
         with write_tx(self.engine) as c:
-            c.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(attempts=OutboxRow.attempts + 1))
+            now = db_now(c, now)
+            row = c.execute(select(OutboxRow.id, OutboxRow.next_at, OutboxRow.lease_until, OutboxRow.claimed_by,
+                                   OutboxRow.claim).where(OutboxRow.state == PENDING)
+                            .order_by(OutboxRow.id).limit(1)).first()
+            if row is None or row.next_at > wall:
+                return None
+            held = (row.lease_until or 0) > now and row.claimed_by not in (None, holder)
+            if held and not gone(row.claimed_by):
+                return None
+            res = c.execute(update(OutboxRow).where(OutboxRow.id == row.id, OutboxRow.claim == row.claim,
+                                                    OutboxRow.state == PENDING)
+                            .values(claim=row.claim + 1, claimed_by=holder, lease_until=now + lease_s)
+                            .returning(*OutboxRow.__table__.columns)).first()
+        return _item(res) if res is not None else None
 
-    def sent(self, item_id: int, now: float, remote_id: int | None = None) -> None:
+    def _fenced(self, item_id: int, claim: int | None, **values) -> None:
+        q = update(OutboxRow).where(OutboxRow.id == item_id)
+        if claim is not None:
+            q = q.where(OutboxRow.claim == claim)
         with write_tx(self.engine) as c:
-            c.execute(update(OutboxRow).where(OutboxRow.id == item_id)
-                      .values(state=SENT, sent_at=now, remote_id=remote_id, last_error=None))
+            if c.execute(q.values(**values)).rowcount == 0 and claim is not None:
+                raise ClaimLost(f"outbox row {item_id}: claim {claim} was taken over; this sender writes nothing")
 
-    def later(self, item_id: int, error: str, next_at: float) -> None:
-        with write_tx(self.engine) as c:
-            c.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(last_error=error, next_at=next_at))
+    def begin_attempt(self, item_id: int, claim: int | None = None, in_flight_s: float = 0.0) -> None:
+        """Committed before the request leaves: a crash after this means 'maybe sent', and the request may still
+        take effect for in_flight_s (its timeout), which the marker search waits for."""
+        self._fenced(item_id, claim, attempts=OutboxRow.attempts + 1, lands_by=time.time() + in_flight_s)
 
-    def dead(self, item_id: int, error: str) -> None:
-        with write_tx(self.engine) as c:
-            c.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(state=DEAD, last_error=error))
+    def answered(self, item_id: int, claim: int | None = None) -> None:
+        """The last send was answered (an error, but an answer): it can no longer take effect later."""
+        self._fenced(item_id, claim, lands_by=time.time())
+
+    def sent(self, item_id: int, now: float, remote_id: int | None = None, claim: int | None = None) -> None:
+        self._fenced(item_id, claim, state=SENT, sent_at=now, remote_id=remote_id, last_error=None, lease_until=0.0)
+
+    def later(self, item_id: int, error: str, next_at: float, claim: int | None = None) -> None:
+        self._fenced(item_id, claim, last_error=error, next_at=next_at, lease_until=0.0)
+
+    def dead(self, item_id: int, error: str, claim: int | None = None) -> None:
+        self._fenced(item_id, claim, state=DEAD, last_error=error, lease_until=0.0)
 
     def counts(self) -> dict[str, int]:
         with read_tx(self.engine) as c:

@@ -82,6 +82,25 @@ def _fingerprint(d: dict) -> str:
     return hashlib.sha1(json.dumps(keys, default=str).encode()).hexdigest()[:16]
 
 
+class _NotJSON(Exception):
+    """An answer whose body is not JSON (GitHub's HTML error pages on 502/503, a proxy in between)."""
+
+    def __init__(self, status: int, content_type: str):
+        super().__init__(status)
+        self.status, self.kind = status, (content_type.split(";")[0].strip() or "no content type")
+
+
+def _not_json(e: GithubException) -> bool:
+    return isinstance(e.data, str) or (isinstance(e.data, dict) and set(e.data) == {"data"})
+
+
+def _written(obj: Any, what: str) -> Any:
+    """A write's answer must be the object GitHub made; anything else (an HTML page with 200) is ambiguous."""
+    if not isinstance(getattr(obj, "_rawData", None), dict) or "id" not in obj._rawData:
+        raise _NotJSON(200, f"{what}: not the expected object")
+    return obj
+
+
 def _next_link(headers: dict) -> str | None:
     m = re.search(r'<([^>]+)>;\s*rel="next"', headers.get("link", ""))
     return m.group(1) if m else None
@@ -131,18 +150,27 @@ class GitHubTracker:
                 return out
             except GithubException as e:
                 headers = {k.lower(): v for k, v in (e.headers or {}).items()}
+                if _not_json(e):  # PyGithub wraps a body it could not parse as {"data": text}
+                    e = _NotJSON(e.status, headers.get("content-type", ""))
+                    raise self._block(f"GitHub answered {e.status} to {what} with a page that is not JSON ({e.kind})",
+                                      self._backoff(), write, e.status) from None
                 wait, why = self._rate_wait(e.status, headers, e.data)
                 if wait is not None:
                     if attempt == 0 and wait <= self.settings.daemon.max_rate_limit_wait_s:
                         log.info("GitHub %s: %s; waiting %.0f s", what, why, wait)
                         time.sleep(max(0.0, wait))
                         continue  # a rate-limited request was not performed: safe to send again
-                    raise self._block(f"GitHub answered {e.status}: {why}", time.time() + wait) from None
+                    raise self._block(f"GitHub answered {e.status}: {why}", time.time() + wait,
+                                      status=e.status) from None
                 if e.status >= 500:
-                    raise self._block(f"GitHub answered {e.status} to {what}", self._backoff(), write) from None
+                    raise self._block(f"GitHub answered {e.status} to {what}", self._backoff(), write,
+                                      e.status) from None
                 message = (e.data or {}).get("message", "") if isinstance(e.data, dict) else str(e.data)
                 hint = self._hint(e.status, what)
                 raise TrackerError(redact(f"GitHub answered {e.status} to {what}: {message}{hint}"), e.status) from None
+            except _NotJSON as e:
+                raise self._block(f"GitHub answered {e.status} to {what} with a page that is not JSON ({e.kind})",
+                                  self._backoff(), write, e.status) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.RetryError, requests.exceptions.ChunkedEncodingError) as e:
                 log.debug("GitHub %s failed: %s", what, redact(str(e)))
@@ -180,13 +208,13 @@ class GitHubTracker:
         base = self.settings.daemon.github_backoff_s
         return time.time() + min(MAX_BACKOFF_S, base * 2 ** (self.failures - 1))
 
-    def _block(self, why: str, until: float, ambiguous: bool = False) -> TrackerUnavailable:
+    def _block(self, why: str, until: float, ambiguous: bool = False, status: int | None = None) -> TrackerUnavailable:
         """Remember (here and in the database) not to call GitHub before `until`."""
         self.blocked_until, self.blocked_why = until, why
         if until > time.time():
             self.kv.put("github.blocked", {"until": until, "why": why, "endpoint": self.endpoint})
         log.warning("%s; next try after %s", why, time.strftime("%H:%M:%S", time.localtime(until)))
-        return (AmbiguousWrite if ambiguous else TrackerUnavailable)(why, until)
+        return (AmbiguousWrite if ambiguous else TrackerUnavailable)(why, until, status)
 
     def _ok(self) -> None:
         if self.failures or self.blocked_until:
@@ -201,7 +229,10 @@ class GitHubTracker:
             self.not_modified += 1
             return status, hdrs, None
         self.requests += 1
-        data = json.loads(body) if body else None
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:  # an HTML error page from GitHub's front end, a proxy's login page: an outage
+            raise _NotJSON(status, hdrs.get("content-type", "")) from None
         if status >= 400:
             raise Requester.createException(status, hdrs, data)
         return status, hdrs, data
@@ -334,8 +365,8 @@ class GitHubTracker:
 
     # ------------------------------------------------------------------ writes (never re-sent blindly)
     def post_comment(self, number: int, body: str) -> int:
-        return self._call(f"comment on #{number}", lambda: self.repo.get_issue(number).create_comment(redact(body)).id,
-                          write=True)
+        return self._call(f"comment on #{number}", lambda: _written(
+            self.repo.get_issue(number).create_comment(redact(body)), "comment").id, write=True)
 
     def edit_comment(self, number: int, comment_id: int, body: str) -> None:
         self._call(f"edit comment {comment_id}",
