@@ -151,9 +151,10 @@ def test_agent_lease_expires_without_heartbeats(env, capsys):
 def test_gpu_lock_runs_a_command_under_the_lock(sqlite_url, tmp_path, monkeypatch):
     env = queue_env(sqlite_url, tmp_path)
     settings = settings_for(env)
-    marker = tmp_path / "started"
+    marker, release = tmp_path / "started", tmp_path / "release"
     cmd = [sys.executable, "-m", "agent", "gpu-lock", "--", sys.executable, "-c",
-           f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); time.sleep(1.5); raise SystemExit(7)"]
+           f"import pathlib, time; pathlib.Path({str(marker)!r}).touch()\n"  # holds the lock until released
+           f"while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.05)\nraise SystemExit(7)"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=proc_env(env))
     wait_until(marker.exists, 20, "the command to start")
     with pytest.raises(filelock.Timeout):  # the exec'd command itself holds the lock
@@ -161,6 +162,7 @@ def test_gpu_lock_runs_a_command_under_the_lock(sqlite_url, tmp_path, monkeypatc
     busy = subprocess.run([sys.executable, "-m", "agent", "gpu-lock", "--wait", "0", "--", "true"], cwd=ROOT,
                           env=proc_env(env), capture_output=True, text=True)
     assert busy.returncode == 75 and "busy" in busy.stderr and "pid" in busy.stderr
+    release.touch()
     assert proc.wait(20) == 7  # its exit code passes through
     t0 = time.monotonic()
     with gpu_lock(settings, "0").acquire(timeout=5):  # released when the command ended

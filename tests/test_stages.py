@@ -104,6 +104,13 @@ POOLED = {"tasks": ("khop",), "control_task": "copy", "ablation_seeds": 2, "pass
           "khop_k": 1, "summod_len": 2, "r_max": 2, "r_mean": 2}
 
 
+def decided(res: dict) -> bool:
+    """The gate decided (a verdict, or the gate's own ERROR: at a few steps the copy control is not learnt yet,
+    which the gate calls a broken instrument before anything else) rather than the stage crashing."""
+    return res["verdict"] in ("PASS", "FAIL", "EXTEND", "INCONCLUSIVE") or (
+        res["verdict"] == "ERROR" and res["reason"].startswith("control task broken"))
+
+
 def test_ablation_runs_side_by_side_train_exactly_what_one_at_a_time_trains(tmp_path):
     """stage_jobs = 2: the runs train in two one-thread processes, in the order they finish; every record
     (accuracy, depth curve, loss curve) is bit for bit the one the in-process path writes."""
@@ -111,7 +118,7 @@ def test_ablation_runs_side_by_side_train_exactly_what_one_at_a_time_trains(tmp_
     for jobs in (1, 2):
         s = settings(**POOLED, ablation_steps=25, stage_jobs=jobs)
         code, res = execute("ablation", s, {}, tmp_path / f"j{jobs}")
-        assert code == 0 and res["verdict"] in ("PASS", "FAIL"), res
+        assert code == 0 and decided(res), res
         lines = (tmp_path / f"j{jobs}" / "done.jsonl").read_text().splitlines()
         recs[jobs] = {r["key"]: (r["acc"], r["curve"], r["loss"]) for r in map(json.loads, lines)}
     assert len(recs[1]) == 8 and recs[1] == recs[2]
@@ -148,7 +155,7 @@ def test_sigterm_stops_runs_side_by_side_at_once_and_the_rerun_resumes(tmp_path)
     kept = (run / "done.jsonl").read_text().splitlines()
     assert 1 <= len(kept) < 8
     p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode in (0, 3) and decided(read_result(run)), p.stdout + p.stderr  # 3: the gate's own ERROR
     done = (run / "done.jsonl").read_text().splitlines()
     assert len(done) == 8 and done[:len(kept)] == kept
     assert f"{8 - len(kept)} runs, 2 at once" in (run / "log.txt").read_text().rsplit("effective spec", 1)[-1]
@@ -299,7 +306,7 @@ def test_a_torn_last_line_of_done_jsonl_is_dropped_and_its_run_trains_again(tmp_
     s = settings(**POOLED, ablation_steps=5, stage_jobs=1)
     run = tmp_path / "run"
     code, first = execute("ablation", s, {}, run)
-    assert code == 0 and first["verdict"] in ("PASS", "FAIL"), first
+    assert code == 0 and decided(first), first
     done = run / "done.jsonl"
     lines = done.read_text().splitlines(keepends=True)
     assert len(lines) == 8
