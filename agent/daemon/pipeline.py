@@ -165,6 +165,8 @@ class Pipeline:
             noise=self._noise_units(result, job.payload.get("spec"))) + "\n\n" + source.line(job.payload, result)
         self.outbox.comment(n, self.result_key(job), body, job.run_dir)
         codeidea.mirror(self.outbox, job, self.result_key(job), body, job.run_dir)  # and its pull request
+        if killed or passed:  # a code idea's pull request: ready for review, or the finding and left open
+            self.code.decided(job, verdict, passed, finding)
         status = "passed" if passed else "killed" if killed else "queued"
         self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-{status}", status)
         self._progress_final(job, f"{report.title_of(stage)} {verdict}. {next_text}")
