@@ -23,6 +23,7 @@ import time
 import pytest
 
 import experiments.stage
+from jobqueue import srctree
 from jobqueue.models import Lane
 from jobqueue.proc import Owner
 from tests.agent_support import gh, git  # noqa: F401
@@ -142,6 +143,32 @@ def test_a_killed_code_idea_with_the_base_control_leaves_its_pull_request_open( 
     assert not gh.writes("POST", "markPullRequestReadyForReview")
     roadmap = (docs_repo / "docs" / "ROADMAP.md").read_text()
     assert f"branch `agent/i{n}-base-control` at `{sha[:12]}` kept (PR #{pr})" in roadmap
+    # the issue closed: its branch is watched no more (a later commit is not offered)
+    gh.close_issue(n)
+    drive(d, lambda: d.kv.get(f"code:{n}").get("closed"))
+    git(repo, "checkout", "-q", f"agent/i{n}-base-control")
+    later = commit_change(repo, "README.md", "", "A later line.\n", "later")
+    git(repo, "checkout", "-q", "main")
+    idle(d, 2.5)
+    assert f"i{n}/code-{later[:12]}/review" not in by_key(gh, n)
+
+
+def test_unused_source_trees_are_pruned_and_live_ones_kept(gh, tmp_path, sqlite_url, docs_repo):  # noqa: F811
+    repo, _ = project_repo(tmp_path)
+    a = git(repo, "rev-parse", "HEAD")
+    b = commit_change(repo, "README.md", "", "A line.\n", "b")
+    c = commit_change(repo, "README.md", "", "Another.\n", "c")
+    d = daemon_for(gh, tmp_path, sqlite_url, docs_repo, stage_source="pinned", coder_repo=str(repo),
+                   src_keep_days=1.0)
+    trees = {sha: srctree.ensure(repo, sha, d.settings) for sha in (a, b, c)}
+    d.store.enqueue(7, "task", "cpu", {"argv": ["true"], "source": {"repo": str(repo), "sha": b}})  # live: queued
+    old = time.time() - 2 * 86400
+    for sha in (a, b):
+        os.utime(trees[sha].parent / f"{sha}.ok", (old, old))
+    assert d.pipeline.code.prune_sources() == [a]  # b: a live job names it; c: used within the day
+    assert not trees[a].exists() and trees[b].exists() and trees[c].exists()
+    assert a not in git(repo, "worktree", "list") and c in git(repo, "worktree", "list")
+    assert git(srctree.ensure(repo, a, d.settings), "rev-parse", "HEAD") == a  # made again when needed
 
 
 def test_auto_approve_cpu_runs_smoke_and_ablation_unapproved_then_waits(  # noqa: F811

@@ -40,7 +40,7 @@ from agent.trackers.interface import TrackerError
 from experiments.spec import extract_toml_block
 from experiments.stage import stage_argv
 from jobqueue import srctree
-from jobqueue.models import State
+from jobqueue.models import LIVE, State
 
 log = logging.getLogger("refinery.codeidea")
 WINDOW = 50  # newest succeeded jobs looked at for delivered code ideas
@@ -107,6 +107,7 @@ class CodeIdeas:
 
     # ------------------------------------------------------------------ the pipeline's step
     def step(self) -> None:
+        self.prune_sources()
         for job in self.store.list(state=State.SUCCEEDED, lane="agent", limit=WINDOW):
             if job.payload.get("idea") and job.issue is not None:
                 rec = self.kv.get(f"code:{job.issue}")
@@ -128,6 +129,19 @@ class CodeIdeas:
                     return
                 except config.RefineryError as e:
                     log.warning("code idea #%s: %s", rec["issue"], e)
+
+    def prune_sources(self) -> list[str]:
+        """Pinned source trees (runs/src/<sha>/) unused for src_keep_days that no live job names go."""
+        def keep() -> set[str]:
+            out = set()
+            for state in LIVE:
+                for j in self.store.list(state=state, limit=100_000):
+                    out |= {(j.payload.get(k) or {}).get("sha") for k in ("source", "control_source")}
+            return out - {None}
+        gone = srctree.prune(self.settings, keep)
+        if gone:
+            log.info("pinned sources: removed %d unused tree(s): %s", len(gone), ", ".join(g[:12] for g in gone))
+        return gone
 
     def _delivered(self, job) -> None:
         res, n = job.result or {}, job.issue
