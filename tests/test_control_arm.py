@@ -2,7 +2,7 @@
 stage (tiny budgets) as a child process in the read-only tree of the branch's commit, its control arm in a child
 of its own in the merge-base's tree (experiments/control_arm.py). Real git, real worktrees, real training.
 
-Run: .venv/bin/python -m pytest tests/test_control_arm.py -q
+Run: .venv/bin/python -m pytest tests/test_control_arm.py -q       (slow: ~55 s on 2 loaded cores)
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from jobqueue import srctree
 from tests.agent_support import git, settings_for
@@ -25,6 +27,7 @@ def toml(flat: dict) -> str:
     return "".join(f"{k} = {json.dumps(v)}\n" for k, v in flat.items())
 
 
+@pytest.mark.slow  # real training in two processes: ~55 s on 2 loaded cores
 def test_the_control_arm_runs_the_merge_base_and_the_candidate_the_branch(tmp_path, sqlite_url):
     repo, _ = project_repo(tmp_path)
     base = git(repo, "rev-parse", "HEAD")

@@ -4,12 +4,16 @@
                                        # the spec (the issue's ```toml block) as its target (agent/coder/ideacheck.py)
     CodeIdeas(...).step()              # the pipeline's step, every poll interval: offer, watch, approve, enqueue
     mirror(outbox, job, key, body)     # a stage's result comment goes to the pull request too
+    CodeIdeas.decided(job, ...)        # pipeline.py: passed every stage → the PR ready for review with the finding;
+                                       # killed → the PR gets the finding and stays open
     graveyard_note(job)                # the branch and SHA a killed code idea leaves behind
 
 The trust boundary. Code an agent wrote runs in a stage only after a person with write access approves one
 exact commit: refinery posts a "ready for review" comment naming the branch's head SHA (key
 `i<n>/code-<sha12>/review`); a 👍 on it from a writer (Tracker.approvals: the same trust rule as intake, so a
-reader's 👍 does nothing) approves that SHA, recorded in the key-value table (`code:<issue>`). The branch's head
+reader's 👍 does nothing) approves that SHA, recorded in the key-value table (`code:<issue>`); so does a writer's
+approving review of the pull request left on that commit, or merging the pull request at that commit
+(agent/trackers/github_pulls.py). The branch's head
 is read again every poll (fetched from the remote when there is one): a commit pushed after an approval gets a
 new ready-for-review comment and needs a new 👍; only the newest offered commit can be approved. A branch whose
 dependency files (source.DEP_FILES) differ from its merge-base is refused with a comment (merge it first: the
@@ -17,9 +21,13 @@ stages run in the daemon's environment). REFINERY_CODE_AUTO_APPROVE=cpu lets a c
 ablation run unapproved (said on the issue); what comes after waits for a 👍 (pipeline.py's approval).
 
 On approval: the read-only tree of the SHA (jobqueue/srctree.py), the spec parsed by that tree's own parser
-(the branch may add the setting it names), the spec file {"toml", "issue", "prereg"} (the stage re-parses it in
-the tree), then `smoke` enqueued with payload source = that SHA and `code` = {branch, sha, pr}. Every later stage
-copies the payload, so all of them run from that SHA.
+(the branch may add the setting it names), the spec file {"toml", "issue", "prereg", "control"} (the stage
+re-parses it in the tree), then `smoke` enqueued with payload source = that SHA and `code` = {branch, sha, pr}.
+Every later stage copies the payload, so all of them run from that SHA. `[code] control = "base"`: the
+merge-base's tree too, the spec as that tree knows it (ideacheck.control_spec: settings the branch added are
+left out, and said), in the spec file's "control" and the payload's control_source; the ablation runs its
+control arm there (experiments/control_arm.py). Each step also prunes unused pinned trees (src_keep_days) and
+stops watching the records of issues intake saw closed.
 """
 
 from __future__ import annotations
