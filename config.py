@@ -391,6 +391,8 @@ class CoderConfig:
                                choices=("off", "cpu"))
     coder_smoke_s: float = F(900.0, "code ideas: time limit of the CPU smoke stage of the issue's spec that the "
                              "coder's checks run in the item's worktree, seconds", 1.0, 86400.0)
+    src_keep_days: float = F(7.0, "a pinned source tree (runs/src/<sha>/) that no live job uses is removed after "
+                             "this many days unused, days; 0 = kept for ever", 0.0, 3650.0)
 
 
 SECTIONS: dict[str, type] = {

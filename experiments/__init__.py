@@ -9,6 +9,7 @@ the three stages (smoke, ablation, full), the gate's decision rule, run director
                   stage_argv(), the one builder of that command line
     context.py    Ctx: what a running stage holds (settings, run, seeds, stop flag, progress)
     stages_impl.py  what smoke, ablation, replication and full do
+    control_arm.py  the ablation's control arm from another commit (a code idea's `[code] control = "base"`)
     runs.py       a run directory: the writer (Run) and its readers (read_result, read_progress,
                   last_metrics, error_reason, plot_files);  plots.py: the figures
     noise.py      `python -m experiments.noise`: the control's seed-to-seed spread (the noise floor)

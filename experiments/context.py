@@ -22,8 +22,9 @@ class Ctx:
 
     def __init__(self, settings: Settings, run: Run, spec: dict, prereg: dict | None = None,
                  seed_base: int | None = None, progress: Callable[[float, float, str], None] | None = None,
-                 issue: int | None = None):
+                 issue: int | None = None, control: dict | None = None):
         self.settings, self.run, self.spec, self.prereg = settings, run, spec, prereg
+        self.control = control  # the ablation's control arm from another commit (experiments/control_arm.py)
         self.seed_base = settings.train.seed if seed_base is None else seed_base
         self.issue = issue
         self.stop_requested = False

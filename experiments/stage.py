@@ -10,7 +10,8 @@ queue retries it with back-off); 75 after SIGTERM (the work done so far is
 kept: finished sub-runs in DIR/done.jsonl, the running full-stage run in DIR/ckpt/; rerun to resume).
 
 SPEC.json is either {"toml": "<spec text>"} or {"spec": {flat overrides}}, optionally with "prereg",
-"issue", "seed_base" (replication: fresh seeds) — or just the flat overrides themselves.
+"issue", "seed_base" (replication: fresh seeds), "control" (the ablation's control arm from another commit:
+experiments/control_arm.py) — or just the flat overrides themselves.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def load_spec(path: str | Path | None, base: Settings | None = None) -> tuple[Sp
     if str(path).endswith(".toml"):
         return parse_spec(text, base=base), {}
     doc = json.loads(text)
-    extra = {k: doc[k] for k in ("issue", "seed_base", "prereg", "arms") if k in doc}
+    extra = {k: doc[k] for k in ("issue", "seed_base", "prereg", "arms", "control") if k in doc}
     if "toml" in doc:
         res = parse_spec(doc["toml"], base=base)
     else:
@@ -116,12 +117,13 @@ def run_stage(stage: str, ctx: Ctx) -> dict[str, Any]:
 
 def execute(stage: str, settings: Settings, spec: dict, run_dir: Path | str, prereg: dict | None = None,
             seed_base: int | None = None, job_id: int | None = None, issue: int | None = None,
-            progress=None, echo: bool = False, install_signals: bool = False) -> tuple[int, dict[str, Any]]:
+            progress=None, echo: bool = False, install_signals: bool = False,
+            control: dict | None = None) -> tuple[int, dict[str, Any]]:
     """Run one stage into run_dir; returns (exit code, result). The result is also in run_dir/result.json
     unless the stage was stopped (exit 75)."""
     assert stage in STAGES, stage
     run = Run(run_dir, echo=echo)
-    ctx = Ctx(settings, run, spec, prereg, seed_base, progress, issue)
+    ctx = Ctx(settings, run, spec, prereg, seed_base, progress, issue, control)
     if install_signals:
         def on_term(signum, frame):
             ctx.stop_requested = True
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     # under the queue, stderr already goes to log.txt: echoing the log there would write every line twice
     code, result = execute(args.stage, res.settings, res.spec, args.run_dir, prereg=res.prereg,
                            seed_base=seed_base, job_id=args.job_id, issue=extra.get("issue"),
-                           echo=os.environ.get("QUEUE_RUN_DIR") is None, install_signals=True)
+                           echo=os.environ.get("QUEUE_RUN_DIR") is None, install_signals=True,
+                           control=extra.get("control"))
     if code == 0 and result.get("verdict") == "ERROR":
         return EX_ERROR
     return code

@@ -3,9 +3,10 @@
 smoke        overfit one batch; N steps without NaN (CUDA: GradScaler scale ≥ 2^8, ≤ 1% skipped); gate mean per
              pass in (0.05, 0.95) and the state still changing between passes; an eval sweep at r ∈ {1, 2, r̄, 2r̄};
              throughput. PASS or FAIL with the reason.
-ablation     arms candidate (the spec's arch) vs control (reasoner) [+ stack], the same seeds, every depth task
-             plus the control task; the depth curve per run; the gate decides (EXTEND runs the extra seeds once,
-             here, and decides again at α/2).
+ablation     arms candidate (the spec's arch) vs control (reasoner; a code idea's `[code] control = "base"`: the
+             same spec from the branch's merge-base, experiments/control_arm.py) [+ stack], the same seeds,
+             every depth task plus the control task; the depth curve per run; the gate decides (EXTEND runs the
+             extra seeds once, here, and decides again at α/2).
 replication  the ablation on fresh seeds (seed_base + 10,000 …): a PASS is real only when this agrees.
 full         language modelling on runs/corpus/{train,val}.bin, candidate vs control at equal tokens, full_seeds
              each; checkpoints every ckpt_every steps and on SIGTERM; resumable; validation loss per r and a
@@ -14,6 +15,7 @@ full         language modelling on runs/corpus/{train,val}.bin, candidate vs con
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -21,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from experiments import gate, plots
+from experiments import control_arm, gate, plots
 from experiments.context import REPLICATION_SEED_OFFSET, Ctx, seeds_for
+from experiments.runs import git_state
 from experiments.train import eval_r_max, run_many, stage_jobs, tensors, train_task
 
 
@@ -162,14 +165,21 @@ def _ablation_round(ctx: Ctx, seeds: list[int], done: dict, base_units: float) -
     keys = [(seed, t, arm, arch) for seed in seeds for t in tasks for arm, arch in arms_of(ctx).items()]
     todo = [(s, t, seed, steps, arm, arch) for seed, t, arm, arch in keys if f"{arm}/{t}/s{seed}" not in done]
     units = base_units + steps * (len(keys) - len(todo))
-    jobs = stage_jobs(s, len(todo))
+    base = control_arm.wanted(ctx)  # [code] control = "base": the control arm runs apart, in a child of its own
+    remote = [a for a in todo if base and a[4] == "control"]
+    local = [a for a in todo if not (base and a[4] == "control")]
+    jobs = stage_jobs(s, len(local))
     if jobs > 1:
         ctx.run.log(f"{len(todo)} runs, {jobs} at once (one process and one torch thread each)")
 
     def progress(a: tuple) -> dict:  # one at a time: per-step progress from the units done so far (read when called)
         return {"on_step": _stepper(ctx, f"{a[4]}/{a[1]}/s{a[2]}", units)}
 
-    for _, rec in run_many(_ablation_run, todo, jobs, stop=ctx.check_stop, local=progress):
+    if remote:
+        ctx.tick(units, "control arm from another commit")
+    from_base = ((None, rec) for rec in control_arm.run(ctx, remote)) if remote else ()
+    for _, rec in itertools.chain(from_base, run_many(_ablation_run, local, jobs, stop=ctx.check_stop,
+                                                      local=progress)):
         _record(ctx, rec)
         done[rec["key"]] = rec
         acc = rec["acc"]
@@ -233,6 +243,7 @@ def ablation(ctx: Ctx, offset: int = 0, label: str = "ablation") -> dict[str, An
     curves = {k: done[k]["curve"] for k in sorted(done) if int(k.rsplit("/s", 1)[1]) in seeds}
     train_s = [done[k]["train_s"] for k in done]
     figures = {"seeds": seeds, "depth_curves": curves, "run_train_s_mean": float(np.mean(train_s)),
+               "control": control_arm.describe(ctx, done, git_state()["git_sha"]),
                "runs": len(done), "tokens_per_s_mean": float(np.mean([done[k]["tokens_per_s"] for k in done]))}
     out = {"verdict": v.verdict, "reason": v.reason, "evidence": v.evidence, "figures": figures, "plots": figs,
            "first_round": first.verdict if first is not v else None}

@@ -11,7 +11,8 @@
 
 A pinned job (payload["source"] = {"repo", "sha", "ref"}) runs from the read-only tree of that commit
 (jobqueue/srctree.py: runs/src/<sha>/, its cwd and only PYTHONPATH entry); any other from the daemon's
-checkout. log.txt's start line says which.
+checkout. payload["control_source"] (a code idea's `control = "base"`): that commit's tree is made too.
+log.txt's start line says which.
 
 Exit code and result file decide: 0 with run_dir/result.json → succeeded with that JSON (an ad hoc
 `task` without one: succeeded, {"exit_code": 0}; a stage must write one); 75 (EX_TEMPFAIL: "stopped
@@ -178,7 +179,15 @@ def _source(job: Job, settings: config.Settings) -> tuple[Path, str]:
         tree = srctree.ensure(Path(src.get("repo") or config.ROOT), src["sha"], settings)
     except srctree.SourceError as e:
         raise RunnerError(f"job {job.id}: its pinned source {src['sha'][:12]} could not be made: {e}") from e
-    return tree, f"commit {src['sha']} ({src.get('ref') or 'pinned'}), read-only tree {tree}"
+    where = f"commit {src['sha']} ({src.get('ref') or 'pinned'}), read-only tree {tree}"
+    ctl = job.payload.get("control_source") or {}
+    if ctl.get("sha"):  # the ablation's control arm from another commit (experiments/control_arm.py): its tree too
+        try:
+            other = srctree.ensure(Path(ctl.get("repo") or src.get("repo") or config.ROOT), ctl["sha"], settings)
+        except srctree.SourceError as e:
+            raise RunnerError(f"job {job.id}: its control arm's source {ctl['sha'][:12]} could not be made: {e}") from e
+        where += f"; the control arm from commit {ctl['sha']} ({ctl.get('what', 'base')}), read-only tree {other}"
+    return tree, where
 
 
 def _run_dir(job: Job, settings: config.Settings, now: float) -> tuple[Path, bool]:

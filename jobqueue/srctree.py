@@ -10,7 +10,8 @@ code it is measuring; Python then simply keeps no bytecode cache there). It borr
 cache and corpus (runs/cache, runs/corpus of the daemon's checkout, as symlinks under the tree's ignored
 runs/), so a commit's relative paths resolve as they do in the checkout. Repository hooks never run
 (core.hooksPath=/dev/null). `runs/src/<sha>.ok` marks a finished tree; a half-made one (a crash while
-creating it) is removed and made again. `remove(settings, sha)` takes one away (`git worktree remove`).
+creating it) is removed and made again. `remove(settings, sha)` takes one away (`git worktree remove`);
+`prune(settings, keep)` those unused for src_keep_days that no live job names (the marker's time is the last use).
 
 Imports config only (the queue's rule).
 """
@@ -22,6 +23,8 @@ import re
 import shutil
 import stat
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import filelock
@@ -101,6 +104,7 @@ def ensure(repo: Path | str, sha: str, settings: config.Settings) -> Path:
     repo, path = Path(repo), tree_path(settings, sha)
     ok = path.parent / f"{sha}.ok"
     if ok.exists() and (path / ".git").exists():
+        _used(ok)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(path.parent / ".lock"), timeout=GIT_TIMEOUT_S):
@@ -118,6 +122,44 @@ def ensure(repo: Path | str, sha: str, settings: config.Settings) -> Path:
         _read_only(path)
         ok.write_text(f"{repo}\n")
     return path
+
+
+def _used(ok: Path) -> None:
+    try:
+        os.utime(ok)  # the marker's time is the tree's last use (prune)
+    except OSError:
+        pass
+
+
+def prune(settings: config.Settings, keep: Callable[[], set[str]], now: float | None = None) -> list[str]:
+    """Remove the trees no one needs: unused for src_keep_days (a half-made one: made that long ago) and not in
+    keep() (the SHAs live jobs name; asked only when some tree is that old). Returns the SHAs removed. A removed
+    tree is made again when a job needs it."""
+    days = settings.coder.src_keep_days
+    root = src_root(settings)
+    if not days or not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    out: list[str] = []
+    kept: set[str] | None = None
+    for path in sorted(root.iterdir()):
+        sha = path.name.removesuffix(".ok")
+        if not SHA_RE.fullmatch(sha) or sha in out:
+            continue
+        ok = root / f"{sha}.ok"
+        try:
+            last = (ok if ok.exists() else path).stat().st_mtime
+        except OSError:
+            continue
+        if now - last < days * 86400:
+            continue
+        kept = keep() if kept is None else kept
+        if sha in kept:
+            continue
+        with filelock.FileLock(str(root / ".lock"), timeout=GIT_TIMEOUT_S):
+            remove(settings, sha)
+        out.append(sha)
+    return out
 
 
 def remove(settings: config.Settings, sha: str) -> bool:

@@ -11,7 +11,8 @@ requests/urllib3 stack run unpatched against it. One repository, kept in memory:
 What it models: issues (and pull requests, marked by a `pull_request` key) with `state`,
 `labels`, `since`, `sort`/`direction`, `per_page` and Link pagination; weak ETags with
 If-None-Match -> 304, which does not count against the rate limit (as on GitHub); single
-issues, pull requests (create, with `draft`; list by `head` and `state`; get; edit), comments (list with
+issues, pull requests (create, with `draft`; list by `head` and `state`; get; edit; reviews; merged), the GraphQL
+mutation markPullRequestReadyForReview (PyGithub's mark_ready_for_review), comments (list with
 `since`/pagination, create, edit), issue labels (add, remove),
 repository labels (get, create, list), collaborator permission, issue events (`labeled` with its
 actor), reactions on a comment, `x-ratelimit-*` headers and `/rate_limit`.
@@ -168,6 +169,22 @@ class GitHubServer(LocalServer):
             self.issues[n].update(state="closed", closed_at=self.now(), updated_at=self.now())
             self._event(n, "closed", actor, None)
 
+    def set_pull_head(self, n: int, sha: str) -> None:
+        with self.lock:
+            self.pulls[n]["sha"] = sha
+
+    def add_review(self, n: int, login: str, commit_id: str, state: str = "APPROVED") -> None:
+        """A review on pull request `n` left on commit `commit_id` (APPROVED, CHANGES_REQUESTED, COMMENTED)."""
+        with self.lock:
+            self.pulls[n].setdefault("reviews", []).append({"id": self._id(), "user": self._user(login),
+                                                           "state": state, "commit_id": commit_id, "body": ""})
+
+    def merge_pull(self, n: int, login: str) -> None:
+        """`login` merges pull request `n` at its head SHA (set_pull_head)."""
+        with self.lock:
+            self.pulls[n].update(merged=True, merged_by=login)
+            self.issues[n].update(state="closed", closed_at=self.now(), updated_at=self.now())
+
     def add_reaction(self, comment_id: int, login: str, content: str = "+1") -> None:
         with self.lock:
             self.reactions.setdefault(comment_id, []).append({"id": self._id(), "content": content,
@@ -185,8 +202,10 @@ class GitHubServer(LocalServer):
     def pull_json(self, n: int) -> dict:
         p, i = self.pulls[n], self.issues[n]
         owner = self.repo.split("/")[0]
-        return {"id": 9000 + n, "number": n, "title": i["title"], "body": i["body"], "state": i["state"],
-                "draft": p["draft"], "url": f"{self._repo_url()}/pulls/{n}",
+        return {"id": 9000 + n, "node_id": f"PR_node{n}", "number": n, "title": i["title"], "body": i["body"],
+                "state": i["state"], "draft": p["draft"], "merged": bool(p.get("merged")),
+                "merged_by": self._user(p["merged_by"]) if p.get("merged_by") else None,
+                "url": f"{self._repo_url()}/pulls/{n}",
                 "html_url": f"https://github.invalid/{self.repo}/pull/{n}", "user": self._user(self.bot_login),
                 "head": {"ref": p["head"], "label": f"{owner}:{p['head']}", "sha": p.get("sha", "")},
                 "base": {"ref": p["base"], "label": f"{owner}:{p['base']}"},
@@ -326,6 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = parsed.path, dict(urllib.parse.parse_qsl(parsed.query))
         if srv.token and self.headers.get("Authorization", "").split(" ")[-1] != srv.token:
             return self._send(401, {"message": "Bad credentials"})
+        if method == "POST" and path == srv.base_path.removesuffix("/v3") + "/graphql":  # PyGithub's prefix rule
+            return self._send(200, self._graphql(payload))
         if not path.startswith(srv.base_path + "/"):
             return self._send(404, {"message": "Not Found"})
         path = path[len(srv.base_path):]
@@ -465,6 +486,9 @@ class _Handler(BaseHTTPRequestHandler):
                         if query.get("state", "open") in ("all", srv.issues[n]["state"])
                         and (not query.get("head") or query["head"] == f"{owner}:{p['head']}")]
                 return self._page(rows, query, path)
+            m = re.fullmatch(r"/pulls/(\d+)/reviews", rest)
+            if m and int(m.group(1)) in srv.pulls and method == "GET":
+                return self._page(list(srv.pulls[int(m.group(1))].get("reviews", [])), query, path)
             m = re.fullmatch(r"/pulls/(\d+)", rest)
             if m and int(m.group(1)) in srv.pulls:
                 n = int(m.group(1))
@@ -494,6 +518,22 @@ class _Handler(BaseHTTPRequestHandler):
                 legacy = {"maintain": "write", "triage": "read"}.get(perm, perm)
                 return 200, {"permission": legacy, "role_name": perm, "user": srv._user(login)}, {}
         return 404, {"message": "Not Found"}, {}
+
+    def _graphql(self, body: dict) -> dict:
+        """The one mutation refinery sends: markPullRequestReadyForReview(input: {pullRequestId})."""
+        srv = self.server_ref
+        if "markPullRequestReadyForReview" not in body.get("query", ""):
+            return {"errors": [{"type": "UNSUPPORTED", "message": "this server answers one mutation only"}]}
+        node = ((body.get("variables") or {}).get("input") or {}).get("pullRequestId", "")
+        with srv.lock:
+            n = next((k for k in srv.pulls if f"PR_node{k}" == node), None)
+            if n is None:
+                return {"errors": [{"type": "NOT_FOUND", "message": f"Could not resolve to a node with the global id "
+                                                                    f"of '{node}'"}]}
+            srv.pulls[n]["draft"] = False
+            srv.log.append(("POST", "/graphql markPullRequestReadyForReview", 200, time.time()))
+        return {"data": {"markPullRequestReadyForReview": {"clientMutationId": None,
+                                                           "pullRequest": {"isDraft": False}}}}
 
     def _list_issues(self, query: dict, path: str):
         srv = self.server_ref

@@ -5,8 +5,9 @@ Messages API, real stages (tiny budgets) from read-only worktrees of the approve
     a `code` idea → the scripted session adds a setting (config.py) and the model code behind it → the coder's
     checks (the project's check, the spec parses in the worktree, a CPU smoke of the spec passes there) → draft
     PR + ready-for-review comment → nothing runs before approval → a reader's 👍 does nothing → a writer's 👍 →
-    the smoke test and the ablation run from exactly the approved SHA (`[code] control = "base"` asked) → result
-    comments on the issue and on the pull request; a commit pushed after the approval is offered again and not run;
+    the smoke test and the ablation run from exactly the approved SHA (`[code] control = "base"`: the control arm
+    from the merge-base, in its own tree) → result comments on the issue and on the pull request; a commit pushed
+    after the approval is offered again and not run;
     the daemon's checkout (HEAD, branch, status) is the same before and after.
 
 Prints the measured figures (wall time; approval → smoke start). Run:
@@ -112,16 +113,25 @@ def test_a_code_idea_from_issue_to_approved_evidence(gh, anth, tmp_path, sqlite_
         git(person, "push", "-q", "origin", branch)
         later = git(person, "rev-parse", "HEAD")
         wait_for(lambda: d.check() and keyed(gh, n, f"i{n}/code-{later[:12]}/review"), 60, 0.5, "the new offer")
-        # the ablation follows the smoke test, from the same commit; stop once its child runs from there
+        # the ablation follows the smoke test, from the same commit, its control arm from the merge-base
         abl = wait_for(lambda: d.check() and next((j for j in stage_jobs(s, n) if j.payload["stage"] == "ablation"
-                                                   and j.run_dir and f"=== from commit {sha}" in _log(j)), None),
-                       400, 0.5, "the ablation running from the approved commit")
+                                                   and str(j.state) in ("succeeded", "failed")
+                                                   and _pr_comment(gh, pr, f"i{n}/j{j.id}/ablation/")), None),
+                       600, 0.5, "the ablation decided, its comment on the pull request")
         d.signal(signal.SIGTERM)
         assert d.wait(120) == 0
     finally:
         d.kill()
     jobs = stage_jobs(s, n)
     assert {j.payload["source"]["sha"] for j in jobs} == {sha}  # never the later commit
+    base = git(remote, "merge-base", "main", sha)
+    assert f"=== from commit {sha}" in _log(abl) and f"the control arm from commit {base} (base)" in _log(abl)
+    res = json.loads(_file(abl, "result.json"))  # tiny budgets: the gate may say ERROR (exit 3), kept on disk
+    assert abl.payload["control_source"]["sha"] == base and res["figures"]["control"]["ran"] == [base], res
+    assert res["run"]["git_sha"] == sha
+    for where in (n, pr):
+        body = _pr_comment(gh, where, f"i{n}/j{abl.id}/ablation/")["body"]
+        assert f"Control arm: the same spec from the merge-base `{base[:12]}`" in body
     smoke = next(j for j in jobs if j.payload["stage"] == "smoke")
     assert str(smoke.state) == "succeeded" and smoke.result["verdict"] == "PASS"
     assert smoke.result["run"]["git_sha"] == sha and not smoke.result["run"]["dirty"]
@@ -132,6 +142,7 @@ def test_a_code_idea_from_issue_to_approved_evidence(gh, anth, tmp_path, sqlite_
     assert f"Source: commit `{sha[:12]}` ({branch})" in keyed(gh, n, key)["body"]
     approved = keyed(gh, n, f"i{n}/code-{sha[:12]}/approved")["body"]
     assert "Approved by @alice" in approved and 'control = "base"' in approved and "merge-base" in approved
+    assert "left out of that arm: embed_scale" in approved
     assert keyed(gh, pr, f"i{n}/code-{sha[:12]}/approved/pr{pr}")
     assert (git(repo, "rev-parse", "HEAD"), git(repo, "symbolic-ref", "HEAD"), git(repo, "status", "--short")) \
         == before
@@ -141,10 +152,19 @@ def test_a_code_idea_from_issue_to_approved_evidence(gh, anth, tmp_path, sqlite_
     (tmp_path / "measured.json").write_text(json.dumps(figures))
 
 
-def _log(job) -> str:
+def _pr_comment(srv, n: int, prefix: str) -> dict | None:
+    """refinery's comment on #n whose key starts with `prefix` (a result, or an ERROR's failed-a1)."""
+    return next((c for c in srv.comments_of(n) if f"<!-- refinery:{prefix}" in c["body"]), None)
+
+
+def _file(job, name: str) -> str:
     try:
         from pathlib import Path
 
-        return (Path(job.run_dir) / "log.txt").read_text(errors="replace")
+        return (Path(job.run_dir) / name).read_text(errors="replace")
     except OSError:
         return ""
+
+
+def _log(job) -> str:
+    return _file(job, "log.txt")

@@ -3,6 +3,7 @@
     text, code = split_code_table(toml)        # the spec without its [code] table, and that table
     target_text(idea)                          # what the prompt adds: the spec, and what "done" means for it
     parse_in(tree, text, env)                  # the spec parsed by THAT tree's experiments.spec (a child process)
+    control_spec(tree, given)                  # control = "base": the spec as the merge-base's tree knows it
     idea_checks(idea, wt, settings, env, dir)  # the coder's extra checks: `spec` parses there, `smoke` passes there
 
 A branch that adds a setting makes a spec valid only in its own tree, so every parse of a code idea's spec runs
@@ -35,6 +36,7 @@ CONTROLS = ("reasoner", "base")
 PARSE = ("import json, sys\nfrom experiments.spec import parse_spec\nr = parse_spec(sys.stdin.read())\n"
          "print(json.dumps({'ok': r.ok, 'errors': [e.text() for e in r.errors], 'spec': r.spec, 'given': r.given, "
          "'prereg': r.prereg}, default=str))")
+FIELDS = "import json, config\nprint(json.dumps({'fields': sorted(config.FIELD_SECTION)}))"
 
 
 def split_code_table(text: str) -> tuple[str, dict]:
@@ -75,14 +77,13 @@ def tree_env(tree: Path, base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def parse_in(tree: Path, text: str, base_env: dict[str, str] | None = None, timeout: float = 120.0) -> dict:
-    """{ok, errors, spec, given, prereg} from the tree's own parser; ok False with the reason on any failure."""
+def _in_tree(tree: Path, code: str, text: str, base_env: dict[str, str] | None, timeout: float) -> dict:
     env = tree_env(tree, dict(os.environ) if base_env is None else base_env)
     try:
-        p = subprocess.run([sys.executable, "-c", PARSE], cwd=tree, env=env, input=text, capture_output=True,
+        p = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, input=text, capture_output=True,
                            text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"ok": False, "errors": [f"parsing the spec took over {timeout:g} s"]}
+        return {"ok": False, "errors": [f"reading the spec in {tree} took over {timeout:g} s"]}
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         return {"ok": False, "errors": ["the tree's experiments.spec could not run: " + redact(" | ".join(tail))]}
@@ -90,6 +91,22 @@ def parse_in(tree: Path, text: str, base_env: dict[str, str] | None = None, time
         return json.loads(p.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return {"ok": False, "errors": ["the tree's parser printed no result"]}
+
+
+def parse_in(tree: Path, text: str, base_env: dict[str, str] | None = None, timeout: float = 120.0) -> dict:
+    """{ok, errors, spec, given, prereg} from the tree's own parser; ok False with the reason on any failure."""
+    return _in_tree(tree, PARSE, text, base_env, timeout)
+
+
+def control_spec(tree: Path, given: dict, base_env: dict[str, str] | None = None, timeout: float = 120.0) -> dict:
+    """`[code] control = "base"`: the spec as the merge-base's tree knows it. {ok, errors, spec (the given keys
+    that tree has), dropped (those it has not: the branch added them)}, checked by that tree's own parser."""
+    fields = _in_tree(tree, FIELDS, "", base_env, timeout)
+    if "fields" not in fields:
+        return {"ok": False, "errors": fields.get("errors") or ["the merge-base named no settings"]}
+    spec = {k: v for k, v in given.items() if k in fields["fields"]}
+    parsed = parse_in(tree, "".join(f"{k} = {json.dumps(v)}\n" for k, v in spec.items()), base_env, timeout)
+    return {**parsed, "spec": spec, "dropped": sorted(set(given) - set(spec))}
 
 
 def run_smoke(tree: Path, spec_text: str, issue: int, out: Path, env: dict[str, str], limit_s: float) -> Check:

@@ -4,12 +4,16 @@
                                        # the spec (the issue's ```toml block) as its target (agent/coder/ideacheck.py)
     CodeIdeas(...).step()              # the pipeline's step, every poll interval: offer, watch, approve, enqueue
     mirror(outbox, job, key, body)     # a stage's result comment goes to the pull request too
+    CodeIdeas.decided(job, ...)        # pipeline.py: passed every stage → the PR ready for review with the finding;
+                                       # killed → the PR gets the finding and stays open
     graveyard_note(job)                # the branch and SHA a killed code idea leaves behind
 
 The trust boundary. Code an agent wrote runs in a stage only after a person with write access approves one
 exact commit: refinery posts a "ready for review" comment naming the branch's head SHA (key
 `i<n>/code-<sha12>/review`); a 👍 on it from a writer (Tracker.approvals: the same trust rule as intake, so a
-reader's 👍 does nothing) approves that SHA, recorded in the key-value table (`code:<issue>`). The branch's head
+reader's 👍 does nothing) approves that SHA, recorded in the key-value table (`code:<issue>`); so does a writer's
+approving review of the pull request left on that commit, or merging the pull request at that commit
+(agent/trackers/github_pulls.py). The branch's head
 is read again every poll (fetched from the remote when there is one): a commit pushed after an approval gets a
 new ready-for-review comment and needs a new 👍; only the newest offered commit can be approved. A branch whose
 dependency files (source.DEP_FILES) differ from its merge-base is refused with a comment (merge it first: the
@@ -17,9 +21,13 @@ stages run in the daemon's environment). REFINERY_CODE_AUTO_APPROVE=cpu lets a c
 ablation run unapproved (said on the issue); what comes after waits for a 👍 (pipeline.py's approval).
 
 On approval: the read-only tree of the SHA (jobqueue/srctree.py), the spec parsed by that tree's own parser
-(the branch may add the setting it names), the spec file {"toml", "issue", "prereg"} (the stage re-parses it in
-the tree), then `smoke` enqueued with payload source = that SHA and `code` = {branch, sha, pr}. Every later stage
-copies the payload, so all of them run from that SHA.
+(the branch may add the setting it names), the spec file {"toml", "issue", "prereg", "control"} (the stage
+re-parses it in the tree), then `smoke` enqueued with payload source = that SHA and `code` = {branch, sha, pr}.
+Every later stage copies the payload, so all of them run from that SHA. `[code] control = "base"`: the
+merge-base's tree too, the spec as that tree knows it (ideacheck.control_spec: settings the branch added are
+left out, and said), in the spec file's "control" and the payload's control_source; the ablation runs its
+control arm there (experiments/control_arm.py). Each step also prunes unused pinned trees (src_keep_days) and
+stops watching the records of issues intake saw closed.
 """
 
 from __future__ import annotations
@@ -34,11 +42,13 @@ import config
 from agent.coder import ideacheck
 from agent.coder import worktree as wtree
 from agent.daemon import source
+from agent.state.tables import IntakeMemory
+from agent.trackers import github_pulls
 from agent.trackers.interface import TrackerError
 from experiments.spec import extract_toml_block
 from experiments.stage import stage_argv
 from jobqueue import srctree
-from jobqueue.models import State
+from jobqueue.models import LIVE, State
 
 log = logging.getLogger("refinery.codeidea")
 WINDOW = 50  # newest succeeded jobs looked at for delivered code ideas
@@ -79,6 +89,17 @@ def mirror(outbox, job, key: str, body: str, run_dir=None) -> None:
         outbox.comment(pr, f"{key}/pr{pr}", body, run_dir)
 
 
+def control_text(control: dict | None, sha: str) -> str:
+    """What the approval comment says about the ablation's control arm."""
+    if not control:
+        return f"The ablation's control arm is the reasoner at the same commit `{sha[:12]}`."
+    left = (f" Settings the merge-base does not have are left out of that arm: {', '.join(control['dropped'])}."
+            if control.get("dropped") else "")
+    return (f'The ablation\'s control arm (`[code] control = "base"`) is the same spec run from the branch\'s '
+            f"merge-base `{control['sha'][:12]}` (its own read-only worktree), so the ablation measures the code "
+            f"change itself.{left}")
+
+
 def graveyard_note(job) -> str:
     code = job.payload.get("code") or {}
     if not code.get("branch"):
@@ -90,9 +111,11 @@ def graveyard_note(job) -> str:
 class CodeIdeas:
     def __init__(self, settings: config.Settings, store, outbox, kv, tracker=None):
         self.settings, self.store, self.outbox, self.kv, self.tracker = settings, store, outbox, kv, tracker
+        self.memory = IntakeMemory(kv.engine)  # intake's record of each issue: a closed one is watched no more
 
     # ------------------------------------------------------------------ the pipeline's step
     def step(self) -> None:
+        self.prune_sources()
         for job in self.store.list(state=State.SUCCEEDED, lane="agent", limit=WINDOW):
             if job.payload.get("idea") and job.issue is not None:
                 rec = self.kv.get(f"code:{job.issue}")
@@ -100,14 +123,33 @@ class CodeIdeas:
                     self._delivered(job)
         for key in self.kv.keys("code:"):
             rec = self.kv.get(key)
+            if rec and not rec.get("closed") and (self.memory.get(rec["issue"]) or {}).get("state") == "closed":
+                rec["closed"] = time.time()  # the issue was closed: its branch is watched no more
+                self._put(rec)
+                log.info("code idea #%s: the issue is closed; its branch is no longer watched", rec["issue"])
             if rec and not rec.get("closed"):
                 try:
+                    if rec.get("ready") == "pending":
+                        self._mark_ready(rec)
                     self._watch(rec)
                 except TrackerError as e:  # GitHub unavailable: look again next time
                     log.info("code idea #%s: %s", rec["issue"], e)
                     return
                 except config.RefineryError as e:
                     log.warning("code idea #%s: %s", rec["issue"], e)
+
+    def prune_sources(self) -> list[str]:
+        """Pinned source trees (runs/src/<sha>/) unused for src_keep_days that no live job names go."""
+        def keep() -> set[str]:
+            out = set()
+            for state in LIVE:
+                for j in self.store.list(state=state, limit=100_000):
+                    out |= {(j.payload.get(k) or {}).get("sha") for k in ("source", "control_source")}
+            return out - {None}
+        gone = srctree.prune(self.settings, keep)
+        if gone:
+            log.info("pinned sources: removed %d unused tree(s): %s", len(gone), ", ".join(g[:12] for g in gone))
+        return gone
 
     def _delivered(self, job) -> None:
         res, n = job.result or {}, job.issue
@@ -175,11 +217,18 @@ class CodeIdeas:
         approvers = self.tracker.approvals(rec["issue"], rec["offers"][sha]) if self.tracker is not None else []
         if approvers:
             self.start(rec, sha, by=approvers[0])
-        elif self._auto(rec):
+            return
+        if rec.get("pr") and self.tracker is not None:  # a writer's approving review on this commit, or its merge
+            on_pr = [(login, how) for login, at, how in github_pulls.pull_approvals(self.tracker, rec["pr"])
+                     if at == sha]
+            if on_pr:
+                self.start(rec, sha, by=on_pr[0][0], how=on_pr[0][1])
+                return
+        if self._auto(rec):
             self.start(rec, sha, by=None)
 
     # ------------------------------------------------------------------ approved: the smoke test from that SHA
-    def start(self, rec: dict, sha: str, by: str | None) -> None:
+    def start(self, rec: dict, sha: str, by: str | None, how: str = "react") -> None:
         n, s = rec["issue"], self.settings
         t0 = time.time()
         repo = wtree.repo_of(s)
@@ -197,31 +246,45 @@ class CodeIdeas:
         if not parsed.get("ok"):
             self._refuse(rec, sha, "the spec does not parse at this commit: " + "; ".join(parsed["errors"])[:1500])
             return
-        control = None  # [code] control = "base" (the control arm from the merge-base) is not built yet: said below
+        control = None
+        if rec["control"] == "base":  # the ablation's control arm: the same spec from the merge-base's tree
+            if not base:
+                self._refuse(rec, sha, '`[code] control = "base"` needs the merge-base, and stages here are not '
+                                       "pinned (REFINERY_STAGE_SOURCE=checkout, or no git repository)")
+                return
+            base_tree = srctree.ensure(repo, base, s)
+            known = ideacheck.control_spec(base_tree, parsed.get("given") or {})
+            if not known.get("ok"):
+                self._refuse(rec, sha, f"the spec does not parse at the merge-base `{base[:12]}` (the control arm "
+                                       "of `control = \"base\"`): " + "; ".join(known["errors"])[:1500])
+                return
+            control = {"what": "base", "sha": base, "repo": str(repo), "ref": f"merge-base of {rec['branch']} and "
+                       f"{base_src.get('ref')}", "tree": str(base_tree), "spec": known["spec"],
+                       "dropped": known["dropped"]}
         spec_key = hashlib.sha256(f"{sha}\n{rec['toml']}".encode()).hexdigest()[:16]
         spec_file = s.runs_path / "specs" / f"i{n}-code-{sha[:12]}-{spec_key}.json"
         spec_file.parent.mkdir(parents=True, exist_ok=True)
         spec_file.write_text(json.dumps({"toml": rec["toml"], "issue": n, "title": rec.get("title"),
-                                         "prereg": parsed.get("prereg")}, indent=2) + "\n")
+                                         "prereg": parsed.get("prereg"), "control": control}, indent=2) + "\n")
         payload = {"argv": stage_argv("smoke", str(spec_file)), "stage": "smoke", "spec_file": str(spec_file),
                    "spec": parsed["spec"], "given": parsed["given"], "prereg": parsed.get("prereg"),
                    "title": rec.get("title"), "url": rec.get("url"),
                    "source": source.pin_commit(s, sha, rec["branch"]), "control_source": control,
-                   "code": {"branch": rec["branch"], "sha": sha, "pr": rec.get("pr"), "approved_by": by},
+                   "code": {"branch": rec["branch"], "sha": sha, "pr": rec.get("pr"), "approved_by": by,
+                            "approved_how": how if by else None},
                    "unapproved": by is None}
         job = self.store.enqueue(n, "smoke", rec["lane"], payload, key=f"code-{sha[:12]}")
         rec["approved"][sha] = by or "auto (REFINERY_CODE_AUTO_APPROVE=cpu)"
         rec["queued"][sha] = job.id
         rec.setdefault("timing", {})[sha] = {"approved_seen": t0, "enqueued": time.time()}
         self._put(rec)
-        who = f"Approved by @{by} (👍 on the ready-for-review comment)" if by else \
+        means = {"react": "👍 on the ready-for-review comment", "review": "an approving review of the pull request "
+                 "on this commit", "merge": "merging the pull request at this commit"}[how]
+        who = f"Approved by @{by} ({means})" if by else \
             "Not approved: REFINERY_CODE_AUTO_APPROVE=cpu runs the cpu lane's smoke and ablation unapproved"
         body = (f"{who}: commit `{sha}` of `{rec['branch']}`. The smoke test is queued as job {job.id} on the "
                 f"{rec['lane']} lane and runs from that commit's read-only worktree; so does every later stage."
-                + " The ablation's control arm is the reasoner at the same commit"
-                + (f" (`[code] control = \"base\"` asks for the same spec at the merge-base `{(base or '?')[:12]}`; "
-                   "refinery cannot run that arm yet, so this ablation measures refiner against reasoner)."
-                   if rec["control"] == "base" else "."))
+                + " " + control_text(control, sha))
         self.outbox.comment(n, f"i{n}/code-{sha[:12]}/approved", body)
         if rec.get("pr"):
             self.outbox.comment(rec["pr"], f"i{n}/code-{sha[:12]}/approved/pr{rec['pr']}", body)
@@ -236,3 +299,36 @@ class CodeIdeas:
                             f"approved, but nothing runs from it: {why}.")
         self.outbox.status(n, f"i{n}/code-{sha[:12]}/status-refused", "waiting")
         log.warning("code idea #%d: commit %s refused: %s", n, sha[:12], why[:200])
+
+    # ------------------------------------------------------------------ decided: the pull request learns the outcome
+    def decided(self, job, verdict: str, passed: bool, finding: dict | None) -> None:
+        """A code idea passed every stage (its pull request is marked ready for review, on the next step) or was
+        killed (the pull request gets the finding and stays open for the person to close)."""
+        code = job.payload.get("code") or {}
+        rec = self.kv.get(f"code:{job.issue}")
+        if not code.get("sha") or not rec or (rec.get("outcome") or {}).get("job") == job.id:
+            return
+        link = (finding or {}).get("url") or (finding or {}).get("path") or "(not written)"
+        rec["outcome"] = {"job": job.id, "sha": code["sha"], "stage": job.payload["stage"], "verdict": verdict,
+                          "passed": passed, "finding": link}
+        if passed:
+            rec["ready"] = "pending"
+        self._put(rec)
+        pr, n, sha = code.get("pr"), job.issue, code["sha"]
+        if pr and not passed:
+            self.outbox.comment(pr, f"i{n}/code-{sha[:12]}/killed/pr{pr}", (
+                f"**The idea of #{n} was killed** at the {job.payload['stage']} stage ({verdict}), measured from "
+                f"commit `{sha}`. Finding: {link}\n\nThe branch `{code['branch']}` is kept and this pull request is "
+                "left open: close it, or push a change and approve the new commit."))
+
+    def _mark_ready(self, rec: dict) -> None:
+        out = rec["outcome"]
+        pr, n, sha = rec.get("pr"), rec["issue"], out["sha"]
+        ready = github_pulls.mark_ready(self.tracker, pr) if pr and self.tracker is not None else False
+        rec["ready"] = "done" if ready else "none"
+        self._put(rec)
+        if pr:
+            self.outbox.comment(pr, f"i{n}/code-{sha[:12]}/passed/pr{pr}", (
+                f"**The idea of #{n} passed every stage**, measured from commit `{sha}`. Finding: {out['finding']}"
+                + ("\n\nThis pull request is marked ready for review." if ready else "")))
+        log.info("code idea #%d: passed; pull request %s %s", n, pr, "ready for review" if ready else "left as is")

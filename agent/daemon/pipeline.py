@@ -164,6 +164,8 @@ class Pipeline:
             noise=self._noise_units(result, job.payload.get("spec"))) + "\n\n" + source.line(job.payload, result)
         self.outbox.comment(n, self.result_key(job), body, job.run_dir)
         codeidea.mirror(self.outbox, job, self.result_key(job), body, job.run_dir)  # and its pull request
+        if killed or passed:  # a code idea's pull request: ready for review, or the finding and left open
+            self.code.decided(job, verdict, passed, finding)
         status = "passed" if passed else "killed" if killed else "queued"
         self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-{status}", status)
         self._progress_final(job, f"{report.title_of(stage)} {verdict}. {next_text}")
@@ -213,7 +215,9 @@ class Pipeline:
                 run_dir=self._display(job.run_dir), plots=self._plots(job), finding=None,
                 next_step="Nothing runs after it. This says nothing about the idea: fix the cause (the reason above "
                           "and the run's log.txt), then edit the issue body to queue the idea again.")
+        body += "\n\n" + source.line(job.payload, result)
         self.outbox.comment(n, f"i{n}/j{job.id}/{stage}/failed-{tag}", body, job.run_dir)
+        codeidea.mirror(self.outbox, job, f"i{n}/j{job.id}/{stage}/failed-{tag}", body, job.run_dir)
         self.outbox.status(n, f"i{n}/j{job.id}/{stage}/status-failed-{tag}", "failed")
         self._progress_final(job, f"{report.title_of(stage)} failed (a fault of the run, not a verdict).")
         self._mark(job, verdict="ERROR", next=None)

@@ -81,7 +81,22 @@ def line(payload: dict, result: dict | None = None) -> str:
     text = f"Source: commit `{src['sha'][:12]}` ({src.get('ref') or 'pinned'}), run from a read-only worktree"
     if ran and ran != src["sha"]:
         text += f"; ⚠️ the run recorded `{ran[:12]}`"
-    control = payload.get("control_source") or {}
-    if control.get("sha"):
-        text += f". Control arm: {control.get('what', 'base')} at `{control['sha'][:12]}`"
+    if payload.get("stage") in ("ablation", "extend", "replication"):
+        text += ". " + control_line(payload, result)
     return text + "."
+
+
+def control_line(payload: dict, result: dict | None = None) -> str:
+    """Which control arm the ablation used, and its commit (what the run recorded, when it did)."""
+    control = payload.get("control_source") or {}
+    fig = (((result or {}).get("figures") or {}).get("control")) or {}
+    if not control.get("sha"):
+        sha = fig.get("sha") or (payload.get("source") or {}).get("sha")
+        return "Control arm: the reasoner at the same commit" + (f" `{sha[:12]}`" if sha else "")
+    text = f"Control arm: the same spec from the merge-base `{control['sha'][:12]}` (`[code] control = \"base\"`)"
+    ran = fig.get("ran")
+    if ran is not None and ran != [control["sha"]]:
+        text += f"; ⚠️ its runs recorded {', '.join(f'`{r[:12]}`' for r in ran) or 'no commit'}"
+    if control.get("dropped"):
+        text += f"; left out there: {', '.join(control['dropped'])}"
+    return text

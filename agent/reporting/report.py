@@ -383,12 +383,23 @@ class DocsWriter:
                                   text=True).stdout.strip())
         return top, self.root.resolve().relative_to(top.resolve())
 
+    def branch(self, top: Path) -> str:
+        """The default branch documents are committed to (gitdocs.default_branch), whatever HEAD is."""
+        return gitdocs.default_branch(top, self.settings.coder.coder_base, self.settings.coder.git_remote)
+
+    def current(self, name: str) -> bytes | None:
+        """A document as it is now: committed on the default branch (committing), else on disk."""
+        top, rel = self.repo()
+        if top is not None:
+            return gitdocs.read_committed(top, self.branch(top), (rel / name).as_posix())
+        p = self.root / name
+        return p.read_bytes() if p.is_file() else None
+
     def write(self, files: dict[str, bytes], message: str) -> list[Path]:
         """files: {path relative to docs_dir: content}. Files whose content is already there are skipped
         (so doing a step again never makes an empty commit). Returns the absolute paths written."""
         self.root.mkdir(parents=True, exist_ok=True)
-        files = {k: v for k, v in files.items()
-                 if not ((self.root / k).is_file() and (self.root / k).read_bytes() == v)}
+        files = {k: v for k, v in files.items() if self.current(k) != v}
         self.last_sha = None
         if not files:
             return []
@@ -405,7 +416,8 @@ class DocsWriter:
                 out.append(p)
             return out
         self.last_sha = gitdocs.commit_files(top, {str(rel / k): v for k, v in files.items()}, message,
-                                             self.settings.daemon.git_author, push=self.settings.daemon.git_push)
+                                             self.settings.daemon.git_author, push=self.settings.daemon.git_push,
+                                             branch=self.branch(top))
         return [self.root / k for k in files]
 
     def url(self, rel: str, sha: str | None) -> str | None:
@@ -417,8 +429,8 @@ class DocsWriter:
 
     def roadmap_with(self, line: str) -> bytes:
         """ROADMAP.md with `line` appended to the graveyard (the rest untouched; never twice)."""
-        path = self.root / "ROADMAP.md"
-        text = path.read_text() if path.exists() else "# Roadmap\n\n## Graveyard\n\n"
+        now = self.current("ROADMAP.md")
+        text = now.decode() if now is not None else "# Roadmap\n\n## Graveyard\n\n"
         if line.strip() in text:
             return text.encode()
         if "## Graveyard" not in text:
