@@ -93,21 +93,27 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
     # 2. N training steps, health of the loop, the eval sweep
     res = train_task(s, task_name, seed, st.smoke_steps, log_every=10,
                      on_step=_stepper(ctx, f"{s.model.arch}/{task_name}/s{seed}", st.smoke_overfit_steps))
-    p = res["precision"]
-    steps = max(p.steps + p.skipped, 1)
-    skipped_frac = p.skipped / steps
+    steps = st.smoke_steps
+    calib, settled = res["calibration_skips"], res["settled_skips"]
+    settled_frac = settled / max(steps - calib, 1)
     losses = [h["loss"] for h in res["history"]]
-    scale = p.scaler.get_scale() if p.scaler.is_enabled() else None
+    scale = res["grad_scale"]
     rb = s.r_eval
     sweep = {str(r): res["curve"][min(r, len(res["curve"])) - 1] for r in sorted({1, 2, rb, 2 * rb})}
     checks: dict[str, tuple[bool, str]] = {
         "overfit": (overfit_loss <= st.smoke_overfit_loss,
                     f"one batch reached loss {overfit_loss:.3f} (must be ≤ {st.smoke_overfit_loss:g})"),
-        "finite": (all(math.isfinite(x) for x in losses) and skipped_frac <= 0.01,
-                   f"{p.skipped} of {steps} steps skipped for non-finite loss/grads ({skipped_frac:.1%}, limit 1%)"),
+        "finite": (all(math.isfinite(x) for x in losses) and settled_frac <= st.smoke_max_skip_frac,
+                   f"{settled} of the {steps - calib} steps after the loss scale settled skipped for non-finite "
+                   f"loss/grads ({settled_frac:.1%}, limit {st.smoke_max_skip_frac:.0%})"),
     }
     if scale is not None:
-        checks["grad_scale"] = (scale >= 2 ** 8, f"GradScaler scale {scale:g} (must stay ≥ 256)")
+        checks["scale_calibration"] = (
+            calib <= st.smoke_max_calibration_skips,
+            f"{calib} steps skipped while the GradScaler calibrated from {s.train.grad_scale_init:g} "
+            f"(limit {st.smoke_max_calibration_skips})")
+        checks["grad_scale"] = (scale >= st.smoke_min_grad_scale,
+                                f"GradScaler scale {scale:g} (must stay ≥ {st.smoke_min_grad_scale:g})")
     if res["gate_mean"]:
         lo, hi = min(res["gate_mean"]), max(res["gate_mean"])
         checks["gate"] = (0.05 < lo and hi < 0.95, f"gate mean per pass in [{lo:.3f}, {hi:.3f}] (must be inside "
@@ -120,7 +126,9 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
     for name, (ok, msg) in checks.items():
         ctx.run.log(f"check {name}: {'ok' if ok else 'FAILED'} — {msg}")
     figures = {"overfit_loss": overfit_loss, "overfit_loss_start": loss0, "final_loss": losses[-1] if losses else None,
-               "skipped_steps": p.skipped, "steps": steps, "grad_scale": scale, "gate_mean": res["gate_mean"],
+               "skipped_steps": res["skipped"], "calibration_skips": calib, "settled_skips": settled, "steps": steps,
+               "grad_scale": scale, "syncs": res["syncs"], "dtype": str(res["precision"].dtype),
+               "gate_mean": res["gate_mean"],
                "state_delta": res["state_delta"], "eval_sweep": sweep, "tokens_per_s": res["tokens_per_s"],
                "train_s": res["train_s"], "params": res["params"], "task": task_name}
     ctx.run.metric({"run": "smoke", "eval_sweep": sweep, "tokens_per_s": res["tokens_per_s"]})
@@ -150,8 +158,22 @@ def _ablation_run(s, t: str, seed: int, steps: int, arm: str, arch: str, on_step
     res = train_task(s, t, seed, steps, arch=arch, log_every=max(steps // 50, 1), on_step=on_step)
     return {"key": f"{arm}/{t}/s{seed}", "arm": arm, "arch": arch, "task": t, "seed": seed, "curve": res["curve"],
             "acc": res["acc"], "train_s": res["train_s"], "tokens_per_s": res["tokens_per_s"], "floor": res["floor"],
-            "gate_mean": res["gate_mean"], "skipped": res["skipped"],
+            "gate_mean": res["gate_mean"], "skipped": res["skipped"], "calibration_skips": res["calibration_skips"],
+            "settled_skips": res["settled_skips"], "grad_scale": res["grad_scale"],
             "loss": [(h["step"], h["loss"]) for h in res["history"]]}
+
+
+def check_skips(rec: dict, steps: int, limit_frac: float) -> None:
+    """An arm whose steps were skipped past the limit (after the loss scale settled) is a fault of the run:
+    SkippedStepsError (an ERROR verdict, retried), never a silent handicap of that arm."""
+    from refiner_model.precision import SkippedStepsError
+
+    settled = rec.get("settled_skips", rec.get("skipped", 0))
+    if settled > limit_frac * steps:
+        raise SkippedStepsError(
+            f"{rec['key']}: {settled} of {steps} steps skipped after the loss scale settled (limit "
+            f"{limit_frac:.0%} = {int(limit_frac * steps)}; {rec.get('calibration_skips', 0)} more while it "
+            f"calibrated; final scale {rec.get('grad_scale')})")
 
 
 def _ablation_round(ctx: Ctx, seeds: list[int], done: dict, base_units: float) -> float:
@@ -170,11 +192,12 @@ def _ablation_round(ctx: Ctx, seeds: list[int], done: dict, base_units: float) -
         return {"on_step": _stepper(ctx, f"{a[4]}/{a[1]}/s{a[2]}", units)}
 
     for _, rec in run_many(_ablation_run, todo, jobs, stop=ctx.check_stop, local=progress):
+        check_skips(rec, steps, s.stages.skip_error_frac)  # before it is recorded: the retry trains it again
         _record(ctx, rec)
         done[rec["key"]] = rec
         acc = rec["acc"]
         ctx.run.log(f"{rec['key']}: acc r=1 {acc['r1']:.1f}  r̄ {acc['rbar']:.1f}  2r̄ {acc['r2bar']:.1f}  "
-                    f"({rec['train_s']:.1f} s)")
+                    f"({rec['train_s']:.1f} s; skipped {rec['skipped']}, scale {rec['grad_scale']})")
         ctx.run.metric({"run": rec["key"], "eval": rec["curve"], **acc})
         units += steps
         ctx.tick(units, rec["key"])
@@ -231,7 +254,9 @@ def ablation(ctx: Ctx, offset: int = 0, label: str = "ablation") -> dict[str, An
     curves = {k: done[k]["curve"] for k in sorted(done) if int(k.rsplit("/s", 1)[1]) in seeds}
     train_s = [done[k]["train_s"] for k in done]
     figures = {"seeds": seeds, "depth_curves": curves, "run_train_s_mean": float(np.mean(train_s)),
-               "runs": len(done), "tokens_per_s_mean": float(np.mean([done[k]["tokens_per_s"] for k in done]))}
+               "runs": len(done), "tokens_per_s_mean": float(np.mean([done[k]["tokens_per_s"] for k in done])),
+               "skipped_steps": {k: done[k].get("skipped") for k in sorted(done)},
+               "grad_scale": {k: done[k].get("grad_scale") for k in sorted(done)}}
     out = {"verdict": v.verdict, "reason": v.reason, "evidence": v.evidence, "figures": figures, "plots": figs,
            "first_round": first.verdict if first is not v else None}
     if ctx.prereg:
