@@ -51,6 +51,16 @@ def _record(ctx: Ctx, rec: dict, name: str = "done.jsonl") -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+def _check_memory(ctx: Ctx, stage: str) -> dict[str, int]:
+    """The stage's estimated peak per part, checked against the device's budget before anything is built
+    (MemoryBudgetError: an ERROR verdict that names the numbers)."""
+    from experiments.stage_memory import check_stage, summary
+
+    ests = check_stage(ctx.settings, stage)
+    ctx.run.log(f"memory estimate ({stage}): {summary(ests)}")
+    return {k: e["total"] for k, e in ests.items()}
+
+
 def _stepper(ctx: Ctx, key: str, base: float, every: int = 25):
     def on_step(step: int, rec: dict) -> None:
         if step % every == 0:
@@ -71,6 +81,7 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
     s, st = ctx.settings, ctx.settings.stages
     task_name = st.tasks[0]
     seed = ctx.seed_base
+    memory = _check_memory(ctx, "smoke")
     ctx.total_units = st.smoke_overfit_steps + st.smoke_steps
     # 1. overfit one batch at r̄
     s1 = s.replace({"seed": seed, "warmup_steps": 0})
@@ -130,7 +141,7 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
                "grad_scale": scale, "syncs": res["syncs"], "dtype": str(res["precision"].dtype),
                "gate_mean": res["gate_mean"],
                "state_delta": res["state_delta"], "eval_sweep": sweep, "tokens_per_s": res["tokens_per_s"],
-               "train_s": res["train_s"], "params": res["params"], "task": task_name}
+               "train_s": res["train_s"], "params": res["params"], "task": task_name, "memory_estimate": memory}
     ctx.run.metric({"run": "smoke", "eval_sweep": sweep, "tokens_per_s": res["tokens_per_s"]})
     fig = plots.depth_curves({task_name: {"candidate": [res["curve"]]}}, ctx.run.path / "plots" / "depth.png", rb,
                              title="smoke: accuracy against depth")
@@ -234,6 +245,7 @@ def _plots(ctx: Ctx, done: dict, seeds: list[int]) -> list[str]:
 
 def ablation(ctx: Ctx, offset: int = 0, label: str = "ablation") -> dict[str, Any]:
     s = ctx.settings
+    memory = _check_memory(ctx, "ablation")
     n, extra = s.stages.ablation_seeds, s.gate.extend_seeds
     seeds = seeds_for(ctx, n, offset)
     per_round = (len(s.stages.tasks) + 1) * len(arms_of(ctx)) * s.stages.ablation_steps
@@ -256,7 +268,7 @@ def ablation(ctx: Ctx, offset: int = 0, label: str = "ablation") -> dict[str, An
     figures = {"seeds": seeds, "depth_curves": curves, "run_train_s_mean": float(np.mean(train_s)),
                "runs": len(done), "tokens_per_s_mean": float(np.mean([done[k]["tokens_per_s"] for k in done])),
                "skipped_steps": {k: done[k].get("skipped") for k in sorted(done)},
-               "grad_scale": {k: done[k].get("grad_scale") for k in sorted(done)}}
+               "grad_scale": {k: done[k].get("grad_scale") for k in sorted(done)}, "memory_estimate": memory}
     out = {"verdict": v.verdict, "reason": v.reason, "evidence": v.evidence, "figures": figures, "plots": figs,
            "first_round": first.verdict if first is not v else None}
     if ctx.prereg:
@@ -290,6 +302,7 @@ def full(ctx: Ctx) -> dict[str, Any]:
     from experiments import lm
 
     s = ctx.settings
+    memory = _check_memory(ctx, "full")
     seeds = seeds_for(ctx, s.stages.full_seeds)
     arms = {"candidate": s.model.arch, "control": "reasoner"}
     per = s.stages.full_steps
@@ -320,6 +333,8 @@ def full(ctx: Ctx) -> dict[str, Any]:
                          "validation loss (nats)", "validation loss against loop depth r",
                          xlabel="loop passes r")]
     figures = {"val_loss_by_r": {k: done[k]["val_loss_by_r"] for k in done},
-               "tokens_per_s": {k: done[k]["tokens_per_s"] for k in done}, "seeds": seeds}
+               "tokens_per_s": {k: done[k]["tokens_per_s"] for k in done}, "seeds": seeds, "memory_estimate": memory,
+               "skipped_steps": {k: done[k].get("skipped") for k in done},
+               "grad_scale": {k: done[k].get("grad_scale") for k in done}}
     return {"verdict": v.verdict, "reason": v.reason, "evidence": {**v.evidence, "input": ev}, "figures": figures,
             "plots": figs}

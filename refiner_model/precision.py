@@ -183,8 +183,12 @@ class Precision:
         """Optimiser steps skipped (a sync: for tests and reports, not the training loop)."""
         return self.figures()["skipped"]
 
-    def scaler_state(self) -> dict | None:
-        return self.scaler.state_dict() if self.scaler.is_enabled() else None
+    def restore_counts(self, figures: dict | None) -> None:
+        """Resume the step counters from a checkpoint's figures() (the GradScaler's own state is restored by
+        load_checkpoint)."""
+        if figures:
+            self._count = torch.tensor([figures["steps"], figures["skipped"], figures["calibration_skips"]],
+                                       dtype=torch.int64, device=self.device)
 
     def describe(self) -> str:
         return f"device {self.device}, {str(self.dtype).removeprefix('torch.')}: {self.reason}"
