@@ -91,9 +91,10 @@ def estimate(settings: Settings, batch: int, seq: int, vocab_size: int | None = 
     per_tok = (m.n_prelude * act_elems_per_token(settings, m.prelude_attention)
                + passes_grad * act_elems_per_token(settings, True, gated=(m.arch == "refiner")) + 20)
     activations = int(n_tok * per_tok * act_bytes)
-    # loss: one chunk's logits, their soft cap and softmax gradient alive at once (float32)
+    # loss: one chunk's logits, their soft cap and softmax gradient alive at once (float32; under float16
+    # autocast also the head's float16 output before its cast to float32)
     loss_tokens = min(n_tok, m.loss_chunk_tokens) if lm_loss else batch
-    loss = int(loss_tokens * vocab * 4 * 3)
+    loss = int(loss_tokens * vocab * (4 * 3 + (2 if half else 0)))
     # backward transient: gradients flowing through the widest layer of one block (float32)
     transient = int(n_tok * (2 * dm + 3 * d) * 4)
     out = {
@@ -204,13 +205,13 @@ def _step_once(settings: Settings, batch: int, seq: int, vocab: int, r: int, lm_
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
 
-    def step(m=model, o=opt):
+    def step(m=model, o=opt, rr=r, lm=lm_loss):
         with prec.autocast():
-            if lm_loss:
-                _, loss = m(idx, r=r, targets=idx)
+            if lm:
+                _, loss = m(idx, r=rr, targets=idx)
             else:
                 pos = torch.full((batch,), seq - 1, device=device)
-                _, loss = m(idx, r=r, targets=idx[:, 0], positions=pos)
+                _, loss = m(idx, r=rr, targets=idx[:, 0], positions=pos)
         prec.step(loss, m, o, settings.train.grad_clip)
 
     def evaluate(chunk: int, r_max: int, m=model):
@@ -223,13 +224,14 @@ def _step_once(settings: Settings, batch: int, seq: int, vocab: int, r: int, lm_
         return out
 
     def probe(chunk: int, r_max: int):
-        """The full stage's depth probe: a copy of the model and a fresh optimiser, trained, then evaluated."""
+        """The full stage's depth probe: a copy of the model and a fresh optimiser, trained on one scored token
+        per row at the training depth r_max, then evaluated to depth r_max (the argument)."""
         import copy
 
         m = copy.deepcopy(model)
         o = configure_optimizer(m, settings)
-        step(m, o)
-        step(m, o)
+        step(m, o, settings.model.r_max, False)
+        step(m, o, settings.model.r_max, False)
         evaluate(chunk, r_max, m)
 
     return model, opt, step, evaluate, probe
