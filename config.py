@@ -140,6 +140,8 @@ class TrainConfig:
                    choices=("auto", "float32", "float16", "bfloat16"))
     grad_scale_init: float = F(65536.0, "float16: the GradScaler's first loss scale (torch's default 2^16); each "
                                "overflow halves it and skips that step while it calibrates", 1.0, 2.0 ** 24)
+    grad_scale_settle_steps: int = F(10, "float16: the loss scale counts as settled after this many clean steps in "
+                                      "a row; skips before that are its calibration (reported apart)", 1, 10**6)
     grad_scale_growth_interval: int = F(2000, "float16: clean steps before the GradScaler doubles its scale",
                                         1, 10**7)
     allow_math_sdpa: bool = F(False, "allow the slow math attention fallback on CUDA (else an error)")
@@ -169,10 +171,12 @@ class StageConfig:
     smoke_steps: int = F(150, "smoke: steps checked for NaN, scale and gate health", 1, 10**6)
     smoke_overfit_steps: int = F(150, "smoke: steps to overfit one batch", 1, 10**6)
     smoke_overfit_loss: float = F(0.5, "smoke: the overfit batch must reach this loss (nats)", 0.0, 100.0)
-    smoke_max_skip_frac: float = F(0.01, "smoke: skipped steps allowed after the GradScaler settles (its first "
-                                   "clean step), as a fraction of the steps after it", 0.0, 1.0)
-    smoke_max_calibration_skips: int = F(8, "smoke: skips allowed before the first clean step while the scale "
-                                         "calibrates (2^16 halved 8 times is 2^8, smoke_min_grad_scale)", 0, 64)
+    smoke_max_skip_frac: float = F(0.01, "smoke: skipped steps allowed after the GradScaler settled "
+                                   "(grad_scale_settle_steps clean steps in a row), as a fraction of all steps",
+                                   0.0, 1.0)
+    max_calibration_skips: int = F(8, "skips allowed while the loss scale calibrates, before it settled (2^16 "
+                                   "halved 8 times is 2^8, smoke_min_grad_scale); past it smoke FAILs, an ablation "
+                                   "or calibration run is an ERROR", 0, 10**6)
     smoke_min_grad_scale: float = F(256.0, "smoke: the GradScaler's scale at the end must be at least this", 0.0,
                                     2.0 ** 24)
     skip_error_frac: float = F(0.05, "ablation/calibration: a run whose settled skipped steps exceed this fraction "

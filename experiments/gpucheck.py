@@ -66,7 +66,7 @@ def memory_checks(settings: config.Settings, device_type: str) -> dict[str, dict
     a language-modelling step, the depth probe), in the settings' dtype."""
     from experiments.stage_memory import toy_shape
     from experiments.train import eval_r_max
-    from refiner_model.memory import compare
+    from refiner_model.memory import compare_parts
 
     st, b = settings.stages, settings.train.batch_size
     chunk, r_eval = min(st.eval_chunk, st.test_examples), eval_r_max(settings)
@@ -77,14 +77,14 @@ def memory_checks(settings: config.Settings, device_type: str) -> dict[str, dict
              "toy_eval": dict(batch=b, seq=seq, vocab_size=vocab, kind="eval", chunk=chunk, r=r_eval),
              "lm_train": dict(batch=b, seq=settings.model.seq_len, vocab_size=lm_vocab, lm_loss=True, kind="train"),
              "probe": dict(batch=b, seq=pseq, vocab_size=lm_vocab, kind="probe", chunk=chunk, r=r_eval)}
-    out = {}
-    for name, kw in parts.items():
-        res = compare(settings, device_type=device_type, **kw)
-        out[name] = {k: res[k] for k in ("estimate", "measured", "error", "dtype")}
-    return out
+    res = compare_parts(settings, parts, device_type)
+    return {name: {k: r[k] for k in ("estimate", "measured", "error", "dtype")} for name, r in res.items()}
 
 
-def run(twin: bool, run_root: Path) -> dict[str, Any]:
+PARTS = ("smoke", "memory", "throughput", "sdpa")
+
+
+def run(twin: bool, run_root: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     import torch
 
     from experiments.stage import execute
@@ -105,20 +105,22 @@ def run(twin: bool, run_root: Path) -> dict[str, Any]:
         device = f"{torch.cuda.get_device_name(prec.device)} (sm_{cap[0]}{cap[1]}), held to 6 GiB"
     else:
         device = f"cpu: {platform.processor() or platform.machine()} (twin: float16 on the CPU)"
-    # 1. smoke in float16
-    code, smoke = execute("smoke", s, {}, run_root / f"smoke-{time.strftime('%Y%m%d-%H%M%S')}")
+    code, smoke, mem, arms, sdpa = None, {}, {}, {}, None
+    if "smoke" in parts:  # 1. smoke in float16
+        code, smoke = execute("smoke", s, {}, run_root / f"smoke-{time.strftime('%Y%m%d-%H%M%S')}")
     sf = smoke.get("figures", {})
-    # 2. memory, every part
-    mem = memory_checks(s if device_type == "cuda" else s.replace(MEM_TWIN, source="gpu-check"), device_type)
-    worst = max(m["error"] for m in mem.values())
-    # 3. throughput and MFU of `small` (CPU twin: the tiny preset, one thread, a compact vocabulary)
-    bs = s.replace({"preset": "small" if device_type == "cuda" else "tiny", "r_mean": 4, "r_max": 4, "n_prelude": 1,
-                    "seed": 0}, source="gpu-check")
-    arms, _ = bench_arms(bs, 32 if device_type == "cuda" else 8, 256 if device_type == "cuda" else 32,
-                         bs.model.vocab_size if device_type == "cuda" else 512, 3, 3, 2)
-    mfu = arms["refiner"].get("mfu")
-    # 4. the attention kernel
-    sdpa = prec.check_attention(s.dims["d_model"] // s.dims["n_heads"]) if device_type == "cuda" else None
+    if "memory" in parts:  # 2. memory, every part
+        mem = memory_checks(s if device_type == "cuda" else s.replace(MEM_TWIN, source="gpu-check"), device_type)
+    worst = max((m["error"] for m in mem.values()), default=None)
+    if "throughput" in parts:  # 3. tokens/s and MFU of `small` (CPU twin: tiny, one thread, a compact vocabulary)
+        bs = s.replace({"preset": "small" if device_type == "cuda" else "tiny", "r_mean": 4, "r_max": 4,
+                        "n_prelude": 1, "seed": 0}, source="gpu-check")
+        cuda = device_type == "cuda"
+        arms, _ = bench_arms(bs, 32 if cuda else 8, 256 if cuda else 32, bs.model.vocab_size if cuda else 512,
+                             *((3, 3, 2) if cuda else (1, 2, 1)))  # rounds, steps per round, warm-up
+    mfu = arms.get("refiner", {}).get("mfu")
+    if "sdpa" in parts and device_type == "cuda":  # 4. the attention kernel
+        sdpa = prec.check_attention(s.dims["d_model"] // s.dims["n_heads"])
     fast = None if sdpa is None else sdpa in ("SDPA efficient_attention", "SDPA flash_attention",
                                               "SDPA cudnn_attention")
     return {
@@ -135,7 +137,7 @@ def run(twin: bool, run_root: Path) -> dict[str, Any]:
                                if k in v} | ({"mfu": v["mfu"]} if "mfu" in v else {}) for a, v in arms.items()},
             "sdpa_backend": sdpa, "wall_s": time.perf_counter() - t0},
         "targets": [
-            target("smoke_float16_pass", smoke.get("verdict") == "PASS", True, "bool"),
+            target("smoke_float16_pass", smoke.get("verdict") == "PASS" if smoke else None, True, "bool"),
             target("memory_estimate_error_max", worst, MEM_LIMIT, "relative", higher=False),
             target("mfu_small", mfu, MFU_TARGET, "fraction of peak fp16"),
             target("sdpa_fast_kernel", fast, True, "bool"),
@@ -165,7 +167,7 @@ def print_table(res: dict) -> None:
                    f"{m['error']:.1%}")
     con.print(mt)
     sm = res["figures"]["smoke"]
-    con.print(f"{res['precision']}; smoke {sm['verdict']}: {sm['reason']}")
+    con.print(f"{res['precision']}; smoke {sm['verdict']}: {sm['reason']}; wall {res['figures']['wall_s']:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-twin", action="store_true", help="the same checks on the CPU in float16 (tests)")
     ap.add_argument("--json", default=None, help="default runs/bench/gpu-check.json (twin: gpu-check-cpu-twin.json)")
     ap.add_argument("--run-dir", default=None, help="where the smoke run goes (default runs/gpu-check/)")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"a comma-separated subset of {', '.join(PARTS)}")
     args = ap.parse_args(argv)
     name = "gpu-check-cpu-twin.json" if args.cpu_twin else "gpu-check.json"
     path = Path(args.json or config.ROOT / "runs" / "bench" / name)
     run_root = Path(args.run_dir) if args.run_dir else (config.ROOT / "runs" / "gpu-check")
     try:
-        res = run(args.cpu_twin, run_root)
+        res = run(args.cpu_twin, run_root, tuple(p.strip() for p in args.parts.split(",") if p.strip()))
     except GpuCheckError as e:
         print(f"gpu-check: {e}. It needs a CUDA GPU: run it on the GPU box (see README \"Set-up on a CUDA box\"); "
               "`python -m experiments.gpucheck --cpu-twin` runs the same checks on this CPU.", file=sys.stderr)

@@ -106,7 +106,7 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
                      on_step=_stepper(ctx, f"{s.model.arch}/{task_name}/s{seed}", st.smoke_overfit_steps))
     steps = st.smoke_steps
     calib, settled = res["calibration_skips"], res["settled_skips"]
-    settled_frac = settled / max(steps - calib, 1)
+    settled_frac = settled / max(steps, 1)
     losses = [h["loss"] for h in res["history"]]
     scale = res["grad_scale"]
     rb = s.r_eval
@@ -115,14 +115,14 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
         "overfit": (overfit_loss <= st.smoke_overfit_loss,
                     f"one batch reached loss {overfit_loss:.3f} (must be ≤ {st.smoke_overfit_loss:g})"),
         "finite": (all(math.isfinite(x) for x in losses) and settled_frac <= st.smoke_max_skip_frac,
-                   f"{settled} of the {steps - calib} steps after the loss scale settled skipped for non-finite "
-                   f"loss/grads ({settled_frac:.1%}, limit {st.smoke_max_skip_frac:.0%})"),
+                   f"{settled} of {steps} steps skipped for non-finite loss/grads after the loss scale settled "
+                   f"({settled_frac:.1%}, limit {st.smoke_max_skip_frac:.0%}; {calib} more while it calibrated)"),
     }
     if scale is not None:
         checks["scale_calibration"] = (
-            calib <= st.smoke_max_calibration_skips,
+            calib <= st.max_calibration_skips,
             f"{calib} steps skipped while the GradScaler calibrated from {s.train.grad_scale_init:g} "
-            f"(limit {st.smoke_max_calibration_skips})")
+            f"(limit {st.max_calibration_skips})")
         checks["grad_scale"] = (scale >= st.smoke_min_grad_scale,
                                 f"GradScaler scale {scale:g} (must stay ≥ {st.smoke_min_grad_scale:g})")
     if res["gate_mean"]:
@@ -174,17 +174,18 @@ def _ablation_run(s, t: str, seed: int, steps: int, arm: str, arch: str, on_step
             "loss": [(h["step"], h["loss"]) for h in res["history"]]}
 
 
-def check_skips(rec: dict, steps: int, limit_frac: float) -> None:
-    """An arm whose steps were skipped past the limit (after the loss scale settled) is a fault of the run:
-    SkippedStepsError (an ERROR verdict, retried), never a silent handicap of that arm."""
+def check_skips(rec: dict, steps: int, limit_frac: float, max_calibration: int) -> None:
+    """An arm whose steps were skipped past the limits (after the loss scale settled: limit_frac of its steps;
+    while it calibrated: max_calibration) is a fault of the run: SkippedStepsError (an ERROR verdict, retried),
+    never a silent handicap of that arm."""
     from refiner_model.precision import SkippedStepsError
 
-    settled = rec.get("settled_skips", rec.get("skipped", 0))
-    if settled > limit_frac * steps:
+    settled, calib = rec.get("settled_skips", rec.get("skipped", 0)), rec.get("calibration_skips", 0)
+    if settled > limit_frac * steps or calib > max_calibration:
         raise SkippedStepsError(
             f"{rec['key']}: {settled} of {steps} steps skipped after the loss scale settled (limit "
-            f"{limit_frac:.0%} = {int(limit_frac * steps)}; {rec.get('calibration_skips', 0)} more while it "
-            f"calibrated; final scale {rec.get('grad_scale')})")
+            f"{limit_frac:.0%} = {int(limit_frac * steps)}) and {calib} while it calibrated (limit {max_calibration}); "
+            f"final scale {rec.get('grad_scale')}")
 
 
 def _ablation_round(ctx: Ctx, seeds: list[int], done: dict, base_units: float) -> float:
@@ -203,7 +204,8 @@ def _ablation_round(ctx: Ctx, seeds: list[int], done: dict, base_units: float) -
         return {"on_step": _stepper(ctx, f"{a[4]}/{a[1]}/s{a[2]}", units)}
 
     for _, rec in run_many(_ablation_run, todo, jobs, stop=ctx.check_stop, local=progress):
-        check_skips(rec, steps, s.stages.skip_error_frac)  # before it is recorded: the retry trains it again
+        # before it is recorded: the retry trains it again
+        check_skips(rec, steps, s.stages.skip_error_frac, s.stages.max_calibration_skips)
         _record(ctx, rec)
         done[rec["key"]] = rec
         acc = rec["acc"]

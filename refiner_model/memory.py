@@ -245,6 +245,18 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _measure_cpu_children(spec: dict) -> dict:
+    """Several measurements in one process (one torch import): each part builds its own model, and its peak is
+    taken above the RSS after its own warm-up, so what earlier parts left behind does not count."""
+    import gc
+
+    out = {}
+    for name, part in spec["parts"].items():
+        out[name] = _measure_cpu_child({**part, "overrides": spec["overrides"]})
+        gc.collect()
+    return out
+
+
 def _measure_cpu_child(spec: dict) -> dict:
     """In a fresh process: one warm-up step (code paged in, optimiser state allocated; for "eval" and "probe"
     also one warm-up of what is measured), then the peak RSS (VmHWM, reset through /proc/self/clear_refs) of
@@ -279,20 +291,32 @@ def _measure_cpu_child(spec: dict) -> dict:
     return {"peak_delta": (peak - before) * 1024, "held": held, "measured": (peak - before) * 1024 + held}
 
 
-def measure_cpu(settings: Settings, batch: int, seq: int, vocab_size: int | None = None, r: int | None = None,
-                lm_loss: bool = True, kind: str = "train", chunk: int = 0) -> int:
-    """Peak bytes of one CPU training step (kind "train"), toy evaluation ("eval": a depth curve over `chunk`
-    rows to depth r) or depth probe ("probe"), under the settings' dtype, measured in a child process."""
-    spec = {"overrides": {k: v for k, v in settings.flat().items() if settings.source_of(k) != "default"},
-            "batch": batch, "seq": seq, "vocab": vocab_size or settings.model.vocab_size,
+def _part_spec(settings: Settings, batch: int, seq: int, vocab_size: int | None = None, r: int | None = None,
+               lm_loss: bool = True, kind: str = "train", chunk: int = 0) -> dict:
+    return {"batch": batch, "seq": seq, "vocab": vocab_size or settings.model.vocab_size,
             "r": r or settings.model.r_max, "lm_loss": lm_loss, "kind": kind, "chunk": chunk or batch}
-    spec["overrides"] = {k: list(v) if isinstance(v, tuple) else v for k, v in spec["overrides"].items()}
+
+
+def measure_cpu_parts(settings: Settings, parts: dict[str, dict]) -> dict[str, int]:
+    """measure_cpu for several parts {name: its keyword arguments}, in one child process."""
+    over = {k: v for k, v in settings.flat().items() if settings.source_of(k) != "default"}
+    spec = {"overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in over.items()},
+            "parts": {name: _part_spec(settings, **kw) for name, kw in parts.items()}}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}  # big blocks back to the OS
     proc = subprocess.run([sys.executable, "-m", "refiner_model.memory", "--child", json.dumps(spec)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["measured"]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {name: res[name]["measured"] for name in parts}
+
+
+def measure_cpu(settings: Settings, batch: int, seq: int, vocab_size: int | None = None, r: int | None = None,
+                lm_loss: bool = True, kind: str = "train", chunk: int = 0) -> int:
+    """Peak bytes of one CPU training step (kind "train"), toy evaluation ("eval": a depth curve over `chunk`
+    rows to depth r) or depth probe ("probe"), under the settings' dtype, measured in a child process."""
+    return measure_cpu_parts(settings, {"x": dict(batch=batch, seq=seq, vocab_size=vocab_size, r=r, lm_loss=lm_loss,
+                                                  kind=kind, chunk=chunk)})["x"]
 
 
 def measure_cuda(settings: Settings, batch: int, seq: int, vocab_size: int | None = None, r: int | None = None,
@@ -313,21 +337,38 @@ def measure_cuda(settings: Settings, batch: int, seq: int, vocab_size: int | Non
     return torch.cuda.max_memory_allocated()
 
 
+def _estimate_part(settings: Settings, dtype: str, batch: int, seq: int, vocab_size: int | None = None,
+                   r: int | None = None, lm_loss: bool = True, kind: str = "train", chunk: int = 0) -> dict:
+    if kind == "train":
+        return estimate(settings, batch, seq, vocab_size, r=r, lm_loss=lm_loss, dtype=dtype)
+    if kind == "eval":
+        return estimate_eval(settings, chunk or batch, seq, vocab_size, r or settings.model.r_max, dtype)
+    return estimate_probe(settings, batch, seq, chunk or batch, vocab_size, r or settings.model.r_max, dtype)
+
+
+def compare_parts(settings: Settings, parts: dict[str, dict], device_type: str = "cpu") -> dict[str, dict]:
+    """Estimate vs measurement of several parts {name: keyword arguments of compare}, in the settings' dtype
+    (CPU: all measured in one child process)."""
+    dtype = compute_dtype_name(settings, device_type)
+    if device_type == "cuda":
+        meas = {name: measure_cuda(settings, **kw) for name, kw in parts.items()}
+    else:
+        meas = measure_cpu_parts(settings, parts)
+    out = {}
+    for name, kw in parts.items():
+        est = _estimate_part(settings, dtype, **kw)
+        out[name] = {"estimate": est["total"], "measured": meas[name],
+                     "error": abs(est["total"] - meas[name]) / meas[name], "parts": est,
+                     "kind": kw.get("kind", "train"), "dtype": dtype}
+    return out
+
+
 def compare(settings: Settings, batch: int, seq: int, vocab_size: int | None = None, lm_loss: bool = True,
             device_type: str = "cpu", kind: str = "train", chunk: int = 0, r: int | None = None) -> dict:
     """Estimate vs measurement of one training step, evaluation or depth probe (kind), in the settings' dtype:
     {"estimate", "measured", "error"} with error = |est − meas| / meas."""
-    dtype = compute_dtype_name(settings, device_type)
-    measure = measure_cuda if device_type == "cuda" else measure_cpu
-    meas = measure(settings, batch, seq, vocab_size, r=r, lm_loss=lm_loss, kind=kind, chunk=chunk)
-    if kind == "train":
-        est = estimate(settings, batch, seq, vocab_size, r=r, lm_loss=lm_loss, dtype=dtype)
-    elif kind == "eval":
-        est = estimate_eval(settings, chunk or batch, seq, vocab_size, r or settings.model.r_max, dtype)
-    else:
-        est = estimate_probe(settings, batch, seq, chunk or batch, vocab_size, r or settings.model.r_max, dtype)
-    return {"estimate": est["total"], "measured": meas, "error": abs(est["total"] - meas) / meas,
-            "parts": est, "kind": kind, "dtype": dtype}
+    kw = dict(batch=batch, seq=seq, vocab_size=vocab_size, lm_loss=lm_loss, kind=kind, chunk=chunk, r=r)
+    return compare_parts(settings, {"x": kw}, device_type)["x"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=512)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(_measure_cpu_child(json.loads(args.child))))
+        print(json.dumps(_measure_cpu_children(json.loads(args.child))))
         return 0
     from config import load
     settings = load()

@@ -79,7 +79,9 @@ class Precision:
     scaler: torch.amp.GradScaler
     backends: list = field(default_factory=list)  # allowed SDPA kernels (CUDA only)
     syncs: int = 0  # device-to-host transfers made by figures()
-    _count: torch.Tensor | None = None  # [steps taken, skipped, skipped before the first clean step]
+    settle_steps: int = 10  # clean steps in a row after which the loss scale counts as settled
+    # [steps taken, skipped, skipped before the scale settled, clean steps in a row, settled (0/1)]
+    _count: torch.Tensor | None = None
     _norm: torch.Tensor | None = None  # the last step's gradient norm (device)
 
     @classmethod
@@ -94,14 +96,14 @@ class Precision:
         scaler = torch.amp.GradScaler(dev.type, init_scale=t.grad_scale_init,
                                       growth_interval=t.grad_scale_growth_interval, enabled=(dtype == torch.float16))
         backends = sdpa_backends(cap, settings.train.allow_math_sdpa) if cap else []
-        p = cls(dev, dtype, reason, scaler, backends)
+        p = cls(dev, dtype, reason, scaler, backends, settle_steps=t.grad_scale_settle_steps)
         if dev.type == "cuda":
             hd = check_attention_head_dim or settings.dims["d_model"] // settings.dims["n_heads"]
             p.reason += f"; attention: {p.check_attention(hd)}"
         return p
 
     def __post_init__(self):
-        self._count = torch.zeros(3, dtype=torch.int64, device=self.device)
+        self._count = torch.zeros(5, dtype=torch.int64, device=self.device)
         self._norm = torch.full((), float("nan"), device=self.device)
 
     @contextmanager
@@ -152,26 +154,29 @@ class Precision:
                 del optimizer.grad_scale, optimizer.found_inf
         optimizer.zero_grad(set_to_none=True)
         ok = ~bad
-        before_first_clean = self._count[0] == 0
-        self._count += torch.stack([ok, bad, bad & before_first_clean]).long()
+        c = self._count
+        run = (c[3] + 1) * ok  # clean steps in a row (0 after a skip)
+        settled = (c[4] > 0) | (run >= self.settle_steps)
+        calibrating = bad & (c[4] == 0)  # skipped before the scale settled
+        self._count = torch.stack([c[0] + ok, c[1] + bad, c[2] + calibrating, run, settled.long()])
         self._norm = norm.detach()
         return ok
 
     def figures(self, *extra: torch.Tensor) -> dict[str, Any]:
-        """steps, skipped, calibration_skips (skips before the first clean step: the scale calibrating), the
-        current loss scale (None without a scaler), the last gradient norm, and `extra` (0-d tensors, as
-        floats in the list "extra"): all in one device-to-host transfer."""
+        """steps, skipped, calibration_skips (skips before the scale settled: settle_steps clean steps in a row),
+        settled_skips (the others), the current loss scale (None without a scaler), the last gradient norm, and
+        `extra` (0-d tensors, as floats in the list "extra"): all in one device-to-host transfer."""
         parts = [self._count.double(), self._norm.double().reshape(1)]
         if self.scaler.is_enabled():
             parts.append(self.scaler._get_scale_async().double().reshape(1))
         parts += [x.detach().double().reshape(1) for x in extra]
         vals = torch.cat(parts).tolist()  # the one sync
         self.syncs += 1
-        steps, skipped, calib, norm = vals[:4]
-        scale = vals[4] if self.scaler.is_enabled() else None
+        steps, skipped, calib, run, settled, norm = vals[:6]
+        scale = vals[6] if self.scaler.is_enabled() else None
         return {"steps": int(steps), "skipped": int(skipped), "calibration_skips": int(calib),
-                "settled_skips": int(skipped - calib), "grad_scale": scale, "grad_norm": norm,
-                "extra": vals[4 + (scale is not None):]}
+                "settled_skips": int(skipped - calib), "settled": bool(settled), "clean_run": int(run),
+                "grad_scale": scale, "grad_norm": norm, "extra": vals[6 + (scale is not None):]}
 
     @property
     def steps(self) -> int:
@@ -187,8 +192,9 @@ class Precision:
         """Resume the step counters from a checkpoint's figures() (the GradScaler's own state is restored by
         load_checkpoint)."""
         if figures:
-            self._count = torch.tensor([figures["steps"], figures["skipped"], figures["calibration_skips"]],
-                                       dtype=torch.int64, device=self.device)
+            self._count = torch.tensor([figures["steps"], figures["skipped"], figures["calibration_skips"],
+                                        figures["clean_run"], int(figures["settled"])], dtype=torch.int64,
+                                       device=self.device)
 
     def describe(self) -> str:
         return f"device {self.device}, {str(self.dtype).removeprefix('torch.')}: {self.reason}"

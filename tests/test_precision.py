@@ -85,7 +85,7 @@ def test_step_skips_non_finite_gradient():
 
 
 def test_float16_on_cpu_autocasts_and_scales_like_cuda():
-    st = settings(dtype="float16", grad_scale_init=1024.0)
+    st = settings(dtype="float16", grad_scale_init=1024.0, grad_scale_settle_steps=1)
     p, model = Precision.from_settings(st), build_model(st)
     assert p.dtype == torch.float16 and p.scaler.is_enabled() and p.scaler.get_scale() == 1024.0
     opt = configure_optimizer(model, st)
@@ -105,7 +105,11 @@ def test_float16_on_cpu_autocasts_and_scales_like_cuda():
     p.step(loss, model, opt, 1.0)
     f = p.figures()
     assert f["skipped"] == 1 and f["grad_scale"] == 512.0 and torch.equal(after, model.wte.weight)
-    assert f["calibration_skips"] == 0 and f["settled_skips"] == 1  # after the first clean step: settled
+    assert f["calibration_skips"] == 0 and f["settled_skips"] == 1  # settled after 1 clean step (settle_steps)
+    p.restore_counts({**f, "settled": False, "clean_run": 0})  # not yet settled: the next skip is calibration
+    with p.autocast():
+        p.step(model(idx, r=2, targets=idx)[1] * float("inf"), model, opt, 1.0)
+    assert p.figures()["calibration_skips"] == 1 and p.figures()["grad_scale"] == 256.0
 
 
 class SyncCounter(TorchDispatchMode):
