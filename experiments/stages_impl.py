@@ -1,6 +1,7 @@
 """What each stage does (experiments/stage.py is the entry point, errors and signals).
 
-smoke        overfit one batch; N steps without NaN (CUDA: GradScaler scale ≥ 2^8, ≤ 1% skipped); gate mean per
+smoke        overfit one batch; N steps without NaN (float16: the GradScaler's calibration skips apart from the
+             settled ones, ≤ 1% of those, final scale ≥ 2^8: CLAUDE.md has the rule); gate mean per
              pass in (0.05, 0.95) and the state still changing between passes; an eval sweep at r ∈ {1, 2, r̄, 2r̄};
              throughput. PASS or FAIL with the reason.
 ablation     arms candidate (the spec's arch) vs control (reasoner) [+ stack], the same seeds, every depth task
