@@ -6,7 +6,10 @@
 PY      ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 BIN     := $(VENV)/bin
-DEPHASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+# a CUDA box (nvidia-smi present) also pins torch's CUDA dependencies (constraints-cuda.txt; README "Set-up on a
+# CUDA box"); elsewhere that file is not read, so a CPU machine's stamp does not change with it
+CUDA_CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),constraints-cuda.txt)
+DEPHASH := $(shell cat pyproject.toml constraints.txt $(CUDA_CONSTRAINTS) | sha256sum | cut -c1-16)
 STAMP   := $(VENV)/.installed-$(DEPHASH)
 TOKENS  := runs/cache/tiktoken/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
 # the coder's Claude Code CLI, pinned in package.json/package-lock.json, installed into node_modules/
@@ -14,15 +17,15 @@ NPMHASH := $(shell cat package-lock.json | sha256sum | cut -c1-16)
 NPMSTAMP := node_modules/.installed-$(NPMHASH)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint demo lock clean bench
+.PHONY: setup test test-fast lint demo lock clean bench gpu-check
 
 setup: $(STAMP) $(TOKENS) $(NPMSTAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(CUDA_CONSTRAINTS)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@echo "setup: installing dependencies into $(VENV) (once per change of pyproject.toml/constraints.txt)"
+	@echo "setup: installing dependencies into $(VENV) (once per change of pyproject.toml/constraints.txt$(if $(CUDA_CONSTRAINTS),/constraints-cuda.txt))"
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt $(if $(CUDA_CONSTRAINTS),-c $(CUDA_CONSTRAINTS)) -e '.[dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -50,6 +53,11 @@ demo: setup
 bench: setup
 	$(BIN)/python -m refiner_model.bench --quick
 	$(BIN)/python -m jobqueue.bench --quick
+
+# one command that proves a CUDA box ready (< 5 min): float16 smoke on rtx2060, memory estimate vs
+# max_memory_allocated under a 6 GiB cap, tokens/s and MFU of small, the SDPA kernel; JSON in runs/bench/
+gpu-check: setup
+	$(BIN)/python -m experiments.gpucheck
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new

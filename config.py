@@ -135,8 +135,15 @@ class TrainConfig:
     grad_clip: float = F(1.0, "global grad-norm clip; 0 = off", 0.0, 1e6)
     lr_final_frac: float = F(0.1, "cosine decay ends at this fraction of the peak LR", 0.0, 1.0)
     seed: int = F(0, "base seed; a seed sets init, the data stream and the depth draws", 0, 2**31 - 1)
-    dtype: str = F("auto", "compute dtype: auto (float16 on CUDA, float32 on CPU), or force one",
+    dtype: str = F("auto", "compute dtype: auto (float16 on CUDA, float32 on CPU), or force one; float16 on a CPU "
+                   "runs the CUDA path's autocast + GradScaler code, slowly (tests and CI, not speed)",
                    choices=("auto", "float32", "float16", "bfloat16"))
+    grad_scale_init: float = F(65536.0, "float16: the GradScaler's first loss scale (torch's default 2^16); each "
+                               "overflow halves it and skips that step while it calibrates", 1.0, 2.0 ** 24)
+    grad_scale_settle_steps: int = F(10, "float16: the loss scale counts as settled after this many clean steps in "
+                                      "a row; skips before that are its calibration (reported apart)", 1, 10**6)
+    grad_scale_growth_interval: int = F(2000, "float16: clean steps before the GradScaler doubles its scale",
+                                        1, 10**7)
     allow_math_sdpa: bool = F(False, "allow the slow math attention fallback on CUDA (else an error)")
     device: str = F("auto", "auto (cuda if present), cpu or cuda[:N]")
 
@@ -164,6 +171,19 @@ class StageConfig:
     smoke_steps: int = F(150, "smoke: steps checked for NaN, scale and gate health", 1, 10**6)
     smoke_overfit_steps: int = F(150, "smoke: steps to overfit one batch", 1, 10**6)
     smoke_overfit_loss: float = F(0.5, "smoke: the overfit batch must reach this loss (nats)", 0.0, 100.0)
+    smoke_max_skip_frac: float = F(0.01, "smoke: skipped steps allowed after the GradScaler settled "
+                                   "(grad_scale_settle_steps clean steps in a row), as a fraction of all steps",
+                                   0.0, 1.0)
+    max_calibration_skips: int = F(8, "skips allowed while the loss scale calibrates, before it settled (2^16 "
+                                   "halved 8 times is 2^8, smoke_min_grad_scale); past it smoke FAILs, an ablation "
+                                   "or calibration run is an ERROR", 0, 10**6)
+    smoke_min_grad_scale: float = F(256.0, "smoke: the GradScaler's scale at the end must be at least this", 0.0,
+                                    2.0 ** 24)
+    skip_error_frac: float = F(0.05, "ablation/calibration: a run whose settled skipped steps exceed this fraction "
+                               "of its steps is an ERROR of the run (retried), not evidence about the idea", 0.0, 1.0)
+    eval_chunk: int = F(250, "toy evaluation: test examples per forward of the depth curve (its logits are "
+                        "[eval_r_max, chunk, vocab] float32: on the r50k vocabulary 250 x 8 passes is 0.4 GB)",
+                        1, 10**6)
     ablation_steps: int = F(1500, "ablation: steps per run (per arm, per seed, per task)", 1, 10**8)
     ablation_seeds: int = F(5, "ablation: seeds per arm, shared across arms", 2, 100)
     ablation_stack_arm: bool = F(False, "ablation: also run the matched-FLOPs stack arm")
@@ -238,7 +258,7 @@ CALIBRATION_SEED_BASE = 2_000_000  # calibration seeds: never an idea's (0 …),
 # --------------------------------------------------------------------------- hardware
 @dataclass(frozen=True)
 class HardwareConfig:
-    profile: str = F("cpu-tiny", "hardware profile (HARDWARE_PROFILES)", choices=("cpu-tiny", "rtx2060"))
+    profile: str = F("cpu-tiny", "hardware profile (HARDWARE_PROFILES)", choices=("cpu-tiny", "cpu-fp16", "rtx2060"))
     gpu_mem_budget: int = F(5_400_000_000, "bytes a training run may plan for (6 GB card minus a margin "
                             "for the CUDA context and fragmentation)", 1, 10**13)
     cpu_mem_budget: int = F(8_000_000_000, "bytes a CPU training run may plan for", 1, 10**13)
@@ -249,6 +269,8 @@ class HardwareConfig:
 # Profiles list only what differs from the defaults.
 HARDWARE_PROFILES: dict[str, dict[str, Any]] = {
     "cpu-tiny": {"preset": "tiny", "dtype": "float32"},
+    # the CI profile of the float16 path: the CUDA code (autocast float16 + GradScaler) on a CPU, slowly
+    "cpu-fp16": {"preset": "tiny", "dtype": "float16", "device": "cpu"},
     "rtx2060": {"preset": "small", "dtype": "float16", "gpu_mem_budget": 5_400_000_000,
                 "peak_flops_fp16": 25.8e12},
 }
@@ -668,13 +690,17 @@ def compute_dtype(device_type: str, capability: tuple[int, int] | None, requeste
     """The float16 policy, decided once: (dtype name, the reason as text). Torch-free.
 
     CUDA: float16 autocast + GradScaler; bfloat16 only on compute capability ≥ 8.0
-    (Turing, sm_75, emulates it about 10x slower). CPU: float32 (fp16 matmuls on CPU are
-    slow and autocast there is bfloat16-only).
+    (Turing, sm_75, emulates it about 10x slower). CPU: float32 by default; float16 on request runs the
+    same autocast + GradScaler code as CUDA (torch ≥ 2.4 autocasts float16 on CPU), slowly: it is for tests
+    and CI, so the float16 path runs where no GPU is.
     """
     if device_type != "cuda":
+        if requested == "float16":
+            return "float16", (f"{device_type}: float16 autocast with GradScaler, as requested (the CUDA path; "
+                               "slow on a CPU: for tests and CI)")
         if requested not in ("auto", "float32"):
             raise ConfigError([Problem("dtype", f"{requested} on {device_type} is not supported",
-                                       "use dtype = auto or float32 on CPU")])
+                                       "use dtype = auto, float32 or float16 (slow: tests and CI) on CPU")])
         return "float32", f"{device_type}: float32 (no fast half-precision matmuls on CPU)"
     cap = capability or (0, 0)
     if requested == "bfloat16" and cap < (8, 0):

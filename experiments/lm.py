@@ -58,7 +58,7 @@ def probe(model, s, seed: int, prec) -> list[float]:
         with prec.autocast():
             _, loss = m(idx, r=r, targets=ans, positions=pos)
         prec.step(loss, m, opt, s.train.grad_clip)
-    return depth_curve(m, task, eval_r_max(s), prec.device, vocab_map=task.r50k)
+    return depth_curve(m, task, eval_r_max(s), prec.device, chunk=s.stages.eval_chunk, vocab_map=task.r50k)
 
 
 def train_lm(ctx: Ctx, arm: str, arch: str, seed: int, units_base: float) -> dict[str, Any]:
@@ -78,12 +78,14 @@ def train_lm(ctx: Ctx, arm: str, arch: str, seed: int, units_base: float) -> dic
     if ck.exists() or ck.with_name(ck.name + ".old").exists():
         meta = load_checkpoint(ck, model, opt, prec.scaler, map_location=prec.device)
         start, val_hist = meta["step"] + 1, [tuple(x) for x in meta.get("val_history", [])]
+        prec.restore_counts(meta.get("precision"))
         ctx.run.log(f"{arm}/s{seed}: resumed from {ck.name} at step {start}")
     steps, every = s.stages.full_steps, s.stages.ckpt_every
 
     def save(step: int) -> None:
         save_checkpoint(ck, model, opt, prec.scaler, {"step": step, "arm": arm, "arch": arch, "seed": seed,
                                                       "val_history": val_hist, "sampler": sampler.state_dict(),
+                                                      "precision": prec.figures(),
                                                       "spec": ctx.spec})
 
     t0 = time.perf_counter()
@@ -110,11 +112,13 @@ def train_lm(ctx: Ctx, arm: str, arch: str, seed: int, units_base: float) -> dic
             ctx.run.log(f"{arm}/s{seed}: checkpoint at step {step} on warm stop")
             raise Stopped()
     train_s = time.perf_counter() - t0
+    fig = prec.figures()  # skipped steps and the loss scale of the training (the probe below uses the scaler too)
     by_r = [val_loss(model, val, s, prec, r=r) for r in range(1, eval_r_max(s) + 1)] if arch != "stack" else []
     curve = probe(model, s, seed, prec) if s.stages.full_probe_steps else []
     final = val_hist[-1][1] if val_hist else val_loss(model, val, s, prec)
     ctx.run.log(f"{arm}/lm/s{seed}: val loss {final:.4f}; by r {[round(v, 3) for v in by_r]}; probe "
                 f"{[round(c, 1) for c in curve]}")
     return {"arm": arm, "arch": arch, "seed": seed, "val_loss": final, "val_history": val_hist,
-            "val_loss_by_r": by_r, "probe_curve": curve, "train_s": train_s,
+            "val_loss_by_r": by_r, "probe_curve": curve, "train_s": train_s, "skipped": fig["skipped"],
+            "calibration_skips": fig["calibration_skips"], "grad_scale": fig["grad_scale"],
             "tokens_per_s": tokens / max(train_s, 1e-9)}

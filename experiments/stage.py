@@ -82,12 +82,15 @@ def classify(exc: BaseException) -> str:
     from experiments.corpus import CorpusError
     from refiner_model.checkpoint import CheckpointError
     from refiner_model.memory import MemoryBudgetError
+    from refiner_model.precision import SkippedStepsError
 
     msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in msg.lower():
         return f"out of memory: {type(exc).__name__}: {msg}"
     if isinstance(exc, MemoryBudgetError):
         return f"out of memory (refused before starting): {msg}"
+    if isinstance(exc, SkippedStepsError):
+        return f"skipped steps past the limit: {msg}"
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full: {msg}"
     if isinstance(exc, CheckpointError):

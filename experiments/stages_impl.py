@@ -1,6 +1,7 @@
 """What each stage does (experiments/stage.py is the entry point, errors and signals).
 
-smoke        overfit one batch; N steps without NaN (CUDA: GradScaler scale ≥ 2^8, ≤ 1% skipped); gate mean per
+smoke        overfit one batch; N steps without NaN (float16: the GradScaler's calibration skips apart from the
+             settled ones, ≤ 1% of those, final scale ≥ 2^8: CLAUDE.md has the rule); gate mean per
              pass in (0.05, 0.95) and the state still changing between passes; an eval sweep at r ∈ {1, 2, r̄, 2r̄};
              throughput. PASS or FAIL with the reason.
 ablation     arms candidate (the spec's arch) vs control (reasoner; a code idea's `[code] control = "base"`: the
@@ -54,6 +55,16 @@ def _record(ctx: Ctx, rec: dict, name: str = "done.jsonl") -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+def _check_memory(ctx: Ctx, stage: str) -> dict[str, int]:
+    """The stage's estimated peak per part, checked against the device's budget before anything is built
+    (MemoryBudgetError: an ERROR verdict that names the numbers)."""
+    from experiments.stage_memory import check_stage, summary
+
+    ests = check_stage(ctx.settings, stage)
+    ctx.run.log(f"memory estimate ({stage}): {summary(ests)}")
+    return {k: e["total"] for k, e in ests.items()}
+
+
 def _stepper(ctx: Ctx, key: str, base: float, every: int = 25):
     def on_step(step: int, rec: dict) -> None:
         if step % every == 0:
@@ -74,6 +85,7 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
     s, st = ctx.settings, ctx.settings.stages
     task_name = st.tasks[0]
     seed = ctx.seed_base
+    memory = _check_memory(ctx, "smoke")
     ctx.total_units = st.smoke_overfit_steps + st.smoke_steps
     # 1. overfit one batch at r̄
     s1 = s.replace({"seed": seed, "warmup_steps": 0})
@@ -96,21 +108,27 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
     # 2. N training steps, health of the loop, the eval sweep
     res = train_task(s, task_name, seed, st.smoke_steps, log_every=10,
                      on_step=_stepper(ctx, f"{s.model.arch}/{task_name}/s{seed}", st.smoke_overfit_steps))
-    p = res["precision"]
-    steps = max(p.steps + p.skipped, 1)
-    skipped_frac = p.skipped / steps
+    steps = st.smoke_steps
+    calib, settled = res["calibration_skips"], res["settled_skips"]
+    settled_frac = settled / max(steps, 1)
     losses = [h["loss"] for h in res["history"]]
-    scale = p.scaler.get_scale() if p.scaler.is_enabled() else None
+    scale = res["grad_scale"]
     rb = s.r_eval
     sweep = {str(r): res["curve"][min(r, len(res["curve"])) - 1] for r in sorted({1, 2, rb, 2 * rb})}
     checks: dict[str, tuple[bool, str]] = {
         "overfit": (overfit_loss <= st.smoke_overfit_loss,
                     f"one batch reached loss {overfit_loss:.3f} (must be ≤ {st.smoke_overfit_loss:g})"),
-        "finite": (all(math.isfinite(x) for x in losses) and skipped_frac <= 0.01,
-                   f"{p.skipped} of {steps} steps skipped for non-finite loss/grads ({skipped_frac:.1%}, limit 1%)"),
+        "finite": (all(math.isfinite(x) for x in losses) and settled_frac <= st.smoke_max_skip_frac,
+                   f"{settled} of {steps} steps skipped for non-finite loss/grads after the loss scale settled "
+                   f"({settled_frac:.1%}, limit {st.smoke_max_skip_frac:.0%}; {calib} more while it calibrated)"),
     }
     if scale is not None:
-        checks["grad_scale"] = (scale >= 2 ** 8, f"GradScaler scale {scale:g} (must stay ≥ 256)")
+        checks["scale_calibration"] = (
+            calib <= st.max_calibration_skips,
+            f"{calib} steps skipped while the GradScaler calibrated from {s.train.grad_scale_init:g} "
+            f"(limit {st.max_calibration_skips})")
+        checks["grad_scale"] = (scale >= st.smoke_min_grad_scale,
+                                f"GradScaler scale {scale:g} (must stay ≥ {st.smoke_min_grad_scale:g})")
     if res["gate_mean"]:
         lo, hi = min(res["gate_mean"]), max(res["gate_mean"])
         checks["gate"] = (0.05 < lo and hi < 0.95, f"gate mean per pass in [{lo:.3f}, {hi:.3f}] (must be inside "
@@ -123,9 +141,11 @@ def smoke(ctx: Ctx) -> dict[str, Any]:
     for name, (ok, msg) in checks.items():
         ctx.run.log(f"check {name}: {'ok' if ok else 'FAILED'} — {msg}")
     figures = {"overfit_loss": overfit_loss, "overfit_loss_start": loss0, "final_loss": losses[-1] if losses else None,
-               "skipped_steps": p.skipped, "steps": steps, "grad_scale": scale, "gate_mean": res["gate_mean"],
+               "skipped_steps": res["skipped"], "calibration_skips": calib, "settled_skips": settled, "steps": steps,
+               "grad_scale": scale, "syncs": res["syncs"], "dtype": str(res["precision"].dtype),
+               "gate_mean": res["gate_mean"],
                "state_delta": res["state_delta"], "eval_sweep": sweep, "tokens_per_s": res["tokens_per_s"],
-               "train_s": res["train_s"], "params": res["params"], "task": task_name}
+               "train_s": res["train_s"], "params": res["params"], "task": task_name, "memory_estimate": memory}
     ctx.run.metric({"run": "smoke", "eval_sweep": sweep, "tokens_per_s": res["tokens_per_s"]})
     fig = plots.depth_curves({task_name: {"candidate": [res["curve"]]}}, ctx.run.path / "plots" / "depth.png", rb,
                              title="smoke: accuracy against depth")
@@ -153,8 +173,23 @@ def _ablation_run(s, t: str, seed: int, steps: int, arm: str, arch: str, on_step
     res = train_task(s, t, seed, steps, arch=arch, log_every=max(steps // 50, 1), on_step=on_step)
     return {"key": f"{arm}/{t}/s{seed}", "arm": arm, "arch": arch, "task": t, "seed": seed, "curve": res["curve"],
             "acc": res["acc"], "train_s": res["train_s"], "tokens_per_s": res["tokens_per_s"], "floor": res["floor"],
-            "gate_mean": res["gate_mean"], "skipped": res["skipped"],
+            "gate_mean": res["gate_mean"], "skipped": res["skipped"], "calibration_skips": res["calibration_skips"],
+            "settled_skips": res["settled_skips"], "grad_scale": res["grad_scale"],
             "loss": [(h["step"], h["loss"]) for h in res["history"]]}
+
+
+def check_skips(rec: dict, steps: int, limit_frac: float, max_calibration: int) -> None:
+    """An arm whose steps were skipped past the limits (after the loss scale settled: limit_frac of its steps;
+    while it calibrated: max_calibration) is a fault of the run: SkippedStepsError (an ERROR verdict, retried),
+    never a silent handicap of that arm."""
+    from refiner_model.precision import SkippedStepsError
+
+    settled, calib = rec.get("settled_skips", rec.get("skipped", 0)), rec.get("calibration_skips", 0)
+    if settled > limit_frac * steps or calib > max_calibration:
+        raise SkippedStepsError(
+            f"{rec['key']}: {settled} of {steps} steps skipped after the loss scale settled (limit "
+            f"{limit_frac:.0%} = {int(limit_frac * steps)}) and {calib} while it calibrated (limit {max_calibration}); "
+            f"final scale {rec.get('grad_scale')}")
 
 
 def _ablation_round(ctx: Ctx, seeds: list[int], done: dict, base_units: float) -> float:
@@ -180,11 +215,13 @@ def _ablation_round(ctx: Ctx, seeds: list[int], done: dict, base_units: float) -
     from_base = ((None, rec) for rec in control_arm.run(ctx, remote)) if remote else ()
     for _, rec in itertools.chain(from_base, run_many(_ablation_run, local, jobs, stop=ctx.check_stop,
                                                       local=progress)):
+        # before it is recorded: the retry trains it again
+        check_skips(rec, steps, s.stages.skip_error_frac, s.stages.max_calibration_skips)
         _record(ctx, rec)
         done[rec["key"]] = rec
         acc = rec["acc"]
         ctx.run.log(f"{rec['key']}: acc r=1 {acc['r1']:.1f}  r̄ {acc['rbar']:.1f}  2r̄ {acc['r2bar']:.1f}  "
-                    f"({rec['train_s']:.1f} s)")
+                    f"({rec['train_s']:.1f} s; skipped {rec['skipped']}, scale {rec['grad_scale']})")
         ctx.run.metric({"run": rec["key"], "eval": rec["curve"], **acc})
         units += steps
         ctx.tick(units, rec["key"])
@@ -223,6 +260,7 @@ def _plots(ctx: Ctx, done: dict, seeds: list[int]) -> list[str]:
 
 def ablation(ctx: Ctx, offset: int = 0, label: str = "ablation") -> dict[str, Any]:
     s = ctx.settings
+    memory = _check_memory(ctx, "ablation")
     n, extra = s.stages.ablation_seeds, s.gate.extend_seeds
     seeds = seeds_for(ctx, n, offset)
     per_round = (len(s.stages.tasks) + 1) * len(arms_of(ctx)) * s.stages.ablation_steps
@@ -244,7 +282,9 @@ def ablation(ctx: Ctx, offset: int = 0, label: str = "ablation") -> dict[str, An
     train_s = [done[k]["train_s"] for k in done]
     figures = {"seeds": seeds, "depth_curves": curves, "run_train_s_mean": float(np.mean(train_s)),
                "control": control_arm.describe(ctx, done, git_state()["git_sha"]),
-               "runs": len(done), "tokens_per_s_mean": float(np.mean([done[k]["tokens_per_s"] for k in done]))}
+               "runs": len(done), "tokens_per_s_mean": float(np.mean([done[k]["tokens_per_s"] for k in done])),
+               "skipped_steps": {k: done[k].get("skipped") for k in sorted(done)},
+               "grad_scale": {k: done[k].get("grad_scale") for k in sorted(done)}, "memory_estimate": memory}
     out = {"verdict": v.verdict, "reason": v.reason, "evidence": v.evidence, "figures": figures, "plots": figs,
            "first_round": first.verdict if first is not v else None}
     if ctx.prereg:
@@ -278,6 +318,7 @@ def full(ctx: Ctx) -> dict[str, Any]:
     from experiments import lm
 
     s = ctx.settings
+    memory = _check_memory(ctx, "full")
     seeds = seeds_for(ctx, s.stages.full_seeds)
     arms = {"candidate": s.model.arch, "control": "reasoner"}
     per = s.stages.full_steps
@@ -308,6 +349,8 @@ def full(ctx: Ctx) -> dict[str, Any]:
                          "validation loss (nats)", "validation loss against loop depth r",
                          xlabel="loop passes r")]
     figures = {"val_loss_by_r": {k: done[k]["val_loss_by_r"] for k in done},
-               "tokens_per_s": {k: done[k]["tokens_per_s"] for k in done}, "seeds": seeds}
+               "tokens_per_s": {k: done[k]["tokens_per_s"] for k in done}, "seeds": seeds, "memory_estimate": memory,
+               "skipped_steps": {k: done[k].get("skipped") for k in done},
+               "grad_scale": {k: done[k].get("grad_scale") for k in done}}
     return {"verdict": v.verdict, "reason": v.reason, "evidence": {**v.evidence, "input": ev}, "figures": figures,
             "plots": figs}

@@ -94,8 +94,11 @@ def train_task(settings: Settings, task_name: str, seed: int, steps: int, arch: 
     sampler = DepthSampler(s, seed, steps)
     noise_rng = np.random.default_rng([seed, 0xBAD])
     history, t0, tokens = [], time.perf_counter(), 0
-    gate_means: dict[int, list] = {}
-    deltas: dict[int, list] = {}
+    # health of the loop over the last 50 steps, per pass index: sums on the device, counts on the host
+    stat_sums: dict[str, torch.Tensor] = {}
+    stat_n: dict[str, np.ndarray] = {}
+    loss_sum, loss_n = torch.zeros((), device=prec.device), 0  # the interval's losses (device)
+    fig: dict[str, Any] = {}
     for step in range(steps):
         r = sampler.draw(step)
         batch = task.train_batch(seed, step, s.train.batch_size, max_level=level_cap(task, r, s))
@@ -108,30 +111,38 @@ def train_task(settings: Settings, task_name: str, seed: int, steps: int, arch: 
             g["lr"] = lr_at(step, steps, s)
         with prec.autocast():
             _, loss = model(idx, r=r, targets=ans, positions=pos)
-        ok = prec.step(loss, model, opt, s.train.grad_clip)
+        prec.step(loss, model, opt, s.train.grad_clip)
+        loss_sum, loss_n = loss_sum + loss.detach().float(), loss_n + 1
         tokens += idx.numel()
-        if step >= steps - 50:  # health of the loop at the end of training, per pass index
-            st = model.last_stats
-            for i, v in enumerate(st.get("gate_mean", [])):
-                gate_means.setdefault(i, []).append(v)
-            for i, v in enumerate(st.get("state_delta", [])):
-                deltas.setdefault(i, []).append(v)
-        rec = {"step": step, "r": r, "loss": float(loss.detach()), "ok": ok, "lr": opt.param_groups[0]["lr"]}
+        if step >= steps - 50:  # health of the loop at the end of training, per pass index (summed on the device)
+            for k, v in model.stats_tensors().items():
+                if k not in stat_sums:
+                    stat_sums[k] = torch.zeros(model.r_limit + len(model.prelude) + 64, device=prec.device)
+                    stat_n[k] = np.zeros(len(stat_sums[k]), dtype=np.int64)
+                stat_sums[k][:len(v)] += v
+                stat_n[k][:len(v)] += 1
+        rec = {"step": step, "r": r, "lr": opt.param_groups[0]["lr"]}
         if log_every and (step % log_every == 0 or step == steps - 1):
-            rec["elapsed_s"] = time.perf_counter() - t0
+            fig = prec.figures(loss_sum / max(loss_n, 1))  # the interval's one device-to-host transfer
+            loss_sum, loss_n = torch.zeros((), device=prec.device), 0
+            rec.update(loss=fig["extra"][0], skipped=fig["skipped"], grad_scale=fig["grad_scale"],
+                       elapsed_s=time.perf_counter() - t0)
             history.append(rec)
         if on_step:
             on_step(step, rec)
     train_s = time.perf_counter() - t0
+    fig = prec.figures()  # the totals, after training
+    means = {k: [x / n for x, n in zip(v.tolist(), stat_n[k]) if n] for k, v in stat_sums.items()}
     rmax = 1 if s.model.arch == "stack" else eval_r_max(s)
-    curve = depth_curve(model, task, rmax, prec.device)
+    curve = depth_curve(model, task, rmax, prec.device, chunk=s.stages.eval_chunk)
     return {
         "task": task_name, "seed": seed, "arch": s.model.arch, "steps": steps, "params": num_params(model),
         "curve": curve, "acc": read_points(curve, s, s.model.arch), "history": history,
         "train_s": train_s, "eval_s": time.perf_counter() - t0 - train_s, "tokens_per_s": tokens / max(train_s, 1e-9),
-        "skipped": prec.skipped, "floor": task.floor(task.test_set()),
-        "gate_mean": [float(np.mean(gate_means[i])) for i in sorted(gate_means)],
-        "state_delta": [float(np.mean(deltas[i])) for i in sorted(deltas)],
+        "skipped": fig["skipped"], "calibration_skips": fig["calibration_skips"],
+        "settled_skips": fig["settled_skips"], "grad_scale": fig["grad_scale"], "syncs": prec.syncs,
+        "floor": task.floor(task.test_set()),
+        "gate_mean": means.get("gate_mean", []), "state_delta": means.get("state_delta", []),
         "model": model, "precision": prec,
     }
 

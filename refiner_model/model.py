@@ -270,6 +270,13 @@ class LoopedLM(nn.Module):
         outs = [self.head(s_i[rows, positions]) for s_i in self.passes(s, r_max, cos, sin)]
         return torch.stack(outs[-1:] if self.arch == "stack" else outs)
 
+    def stats_tensors(self) -> dict[str, torch.Tensor]:
+        """After a forward: gate_mean and state_delta per pass as device tensors [passes] (no sync)."""
+        out = {k: torch.stack(v).float() for k, v in self._stats.items() if v}
+        if self.arch != "refiner":
+            out.pop("gate_mean", None)
+        return out
+
     @property
     def last_stats(self) -> dict[str, list[float]]:
         """After a forward: gate_mean per pass (refiner) and state_delta per pass (‖s_i − s_{i−1}‖ / ‖s_{i−1}‖)."""
@@ -370,13 +377,14 @@ class DepthSampler:
 
 # --------------------------------------------------------------------------- optimisation
 def configure_optimizer(model: nn.Module, settings: Settings) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and embeddings (dim >= 2), none on norms, biases or the gate bias."""
+    """Fused AdamW; weight decay on matrices and embeddings (dim >= 2), none on norms, biases or the gate bias."""
     t = settings.train
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)
+    # fused (CUDA and CPU): one kernel, and it reads the GradScaler's skip flag on the device, so a training step
+    # needs no device-to-host sync (refiner_model/precision.py)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=True)
 
 
 def lr_at(step: int, total: int, settings: Settings) -> float:

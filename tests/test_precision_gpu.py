@@ -2,6 +2,7 @@
 float16 training step  <-> tests/test_precision.py::test_step_updates_then_skips_non_finite_loss
 SDPA kernel assertion  <-> tests/test_precision.py::test_sdpa_kernels_on_turing_exclude_math_unless_allowed
 memory vs measurement  <-> tests/test_memory.py::test_estimate_within_ten_percent_of_cpu_measurement
+make gpu-check         <-> tests/test_fp16_cpu.py (float16 smoke, memory of every stage part, the twin's JSON)
 
     .venv/bin/python -m pytest tests/test_precision_gpu.py -q      # on the GPU box
 """
@@ -59,3 +60,17 @@ def test_memory_estimate_vs_max_memory_allocated():
     st = settings(r_max=4)
     res = compare(st, 32, 64, 512, device_type="cuda")
     assert res["error"] <= 0.25, res  # the float16 constants are not calibrated on a GPU yet
+
+
+def test_gpu_check_passes_on_this_card(tmp_path):
+    """`make gpu-check` itself: float16 smoke on rtx2060, memory within 10% under a 6 GiB cap, MFU, SDPA."""
+    import json
+
+    from experiments.gpucheck import main
+
+    out = tmp_path / "gpu-check.json"
+    rc = main(["--json", str(out), "--run-dir", str(tmp_path / "runs")])
+    doc = json.loads(out.read_text())
+    failed = [t for t in doc["targets"] if t["met"] is False]
+    assert rc == (1 if failed else 0) and doc["figures"]["smoke"]["verdict"] == "PASS", doc["targets"]
+    assert {t["name"]: t for t in doc["targets"]}["sdpa_fast_kernel"]["met"] is True
