@@ -739,6 +739,18 @@ def range_text(key: str) -> str:
 
 
 URL_SECRET_PARAMS = ("password", "sslpassword")  # libpq URI parameters that carry a secret
+# Fields never handed to a stage child nor written under runs/: the database URL (it may hold a password) and the
+# paths of credentials (jobqueue/runner.py passes every other effective setting to its children)
+SECRET_FIELDS = ("db_url", "token_file", "coder_credential_file")
+
+
+def env_value(value: Any) -> str:
+    """A field's value as an environment variable holds it, so that coerce() reads back the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def hide_url_password(url: str) -> str:

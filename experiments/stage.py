@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from config import RefineryError, Settings
+from config import SECRET_FIELDS, RefineryError, Settings
 from experiments.context import Ctx, Stopped
 from experiments.runs import Run
 from experiments.spec import SpecError, SpecResult, parse_spec
@@ -143,8 +143,12 @@ def execute(stage: str, settings: Settings, spec: dict, run_dir: Path | str, pre
         from refiner_model.precision import Precision
 
         prec = Precision.from_settings(settings)
+        # every effective setting the stage runs with (the daemon's, passed by the queue's runner, under the
+        # spec) and where each came from; never a secret
         config_doc = {"stage": stage, "job_id": job_id, "issue": issue, "spec": spec, "prereg": prereg,
-                      "seed_base": ctx.seed_base}
+                      "seed_base": ctx.seed_base,
+                      "settings": {k: v for k, v in settings.flat().items() if k not in SECRET_FIELDS},
+                      "settings_sources": {k: v for k, v in settings.sources if k not in SECRET_FIELDS}}
         from experiments.runs import write_json_atomic
 
         write_json_atomic(run.path / "config.json", config_doc)

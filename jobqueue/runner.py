@@ -4,7 +4,10 @@
                  kept across resumes), argv from payload["argv"] with {job_id} {run_dir} {attempt}
                  {python} filled in, output appended to run_dir/log.txt, an allow-listed
                  environment (no GITHUB_TOKEN, no CREDENTIALS_DIRECTORY, no database URL) plus
-                 QUEUE_JOB_ID, QUEUE_JOB_ATTEMPT, QUEUE_RUN_DIR (and QUEUE_LOCK_DIR for gpu jobs);
+                 QUEUE_JOB_ID, QUEUE_JOB_ATTEMPT, QUEUE_RUN_DIR (and QUEUE_LOCK_DIR for gpu jobs), and the
+                 daemon's effective settings as REFINERY_<FIELD> values (settings_env: REFINERY_ENV_FILE's
+                 lines and a SIGHUP reload included, config.SECRET_FIELDS left out), so the child's
+                 config.load() sees what the daemon runs with and a stage's spec applies over it;
                  gpu jobs run under the GPU lock (gpulock --exec) with CUDA_VISIBLE_DEVICES set
     terminate()  SIGTERM to the whole group; the worker sends SIGKILL after cancel_grace_s
     outcome()    what the exit means for the job (below)
@@ -61,12 +64,31 @@ def _known_refinery_name(name: str) -> bool:
     return name in config.NON_FIELD_ENV or name[len(config.ENV_PREFIX):].lower() in config.FIELD_SECTION
 
 
+def _passes(name: str) -> bool:
+    return name not in ENV_DENY and not any(w in name.upper() for w in ENV_DENY_WORDS)
+
+
+def settings_env(settings: config.Settings) -> dict[str, str]:
+    """The daemon's effective settings as the child's environment: REFINERY_PROFILE, and REFINERY_<FIELD> for
+    every field not at its default or its profile's value (values, not a path: a pinned stage runs another
+    commit's code). Secrets never: config.SECRET_FIELDS and any name the deny lists catch."""
+    env = {"REFINERY_PROFILE": settings.hardware.profile}
+    for key, src in settings.sources:
+        if key in config.SECRET_FIELDS or key == "profile" or src.startswith("profile:"):
+            continue
+        name = config.ENV_PREFIX + key.upper()
+        if name not in ENV_DENY:  # a known field, not a secret (loss_chunk_tokens is no token)
+            env[name] = config.env_value(settings.get(key))
+    return env
+
+
 def child_env(job: Job, run_dir: Path, device: str | None, base: dict[str, str] | None = None,
-              lock_dir: Path | None = None) -> dict[str, str]:
+              lock_dir: Path | None = None, settings: config.Settings | None = None) -> dict[str, str]:
     base = os.environ if base is None else base
     env = {k: v for k, v in base.items()
-           if (k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)) and k not in ENV_DENY
-           and not any(w in k.upper() for w in ENV_DENY_WORDS) and _known_refinery_name(k)}
+           if (k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)) and _passes(k) and _known_refinery_name(k)}
+    if settings is not None:  # what the daemon runs with wins over its process environment (a reload changed it)
+        env.update(settings_env(settings))
     env.update(QUEUE_JOB_ID=str(job.id), QUEUE_JOB_ATTEMPT=str(job.attempt), QUEUE_RUN_DIR=str(run_dir),
                PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="" if device is None else str(device))
     if lock_dir is not None:
@@ -156,7 +178,7 @@ def start(job: Job, settings: config.Settings, device: str | None, now: float) -
                   f"{' '.join(argv)}\n=== from {where}\n".encode())
         log.flush()
         env = child_env(job, run_dir, device, lock_dir=gpulock.lock_path(settings, "0").parent
-                        if device is not None else None)
+                        if device is not None else None, settings=settings)
         if cwd != config.ROOT:
             env["PYTHONPATH"] = str(cwd)  # that commit's code and nothing else of ours
         try:
