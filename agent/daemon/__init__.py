@@ -3,6 +3,7 @@
     loop.py       Daemon: poll the tracker, take in changed issues, run the queue's workers, deliver the
                   outbox, commit documents; warm and cold stops, SIGHUP reload; status() for `refinery status`
     intake.py     a changed issue in, at most one decision out: the label contract, trust, the spec
+    edits.py      edited issues: an edited spec's new chain cancels the old one; an agent item per distinct body
     sanitize.py   issue text cleaned before a coding agent reads it; the agent's branch name
     graveyard.py  before a new idea spends device time, its resemblance to killed ones
     pipeline.py   stage chaining: what happens to an idea after each stage is decided

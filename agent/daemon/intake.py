@@ -18,7 +18,8 @@ Spec: the body's ```toml block is parsed by experiments.spec (config.py's own va
 Invalid → one comment listing each error with its line and a suggestion, refinery:invalid,
 nothing enqueued. Valid → the effective spec is echoed in the first comment and `smoke` is
 enqueued exactly once per distinct effective spec (Store.enqueue's key is the spec's hash).
-Intake acts on a body once: an unchanged body never re-triggers, an edited one does.
+Intake acts on a body once: an unchanged body never re-triggers, an edited one does (edits.py: an edited spec's
+new chain replaces the old one, which is cancelled; an agent item is one per distinct body).
 
 Every step is idempotent (enqueue by key, outbox by key, memory last), so a crash anywhere
 between them is repaired by processing the issue again.
@@ -34,7 +35,7 @@ import time
 from dataclasses import dataclass
 
 import config
-from agent.daemon import codeidea, graveyard, source
+from agent.daemon import codeidea, edits, graveyard, source
 from agent.daemon.outbox import Outbox
 from agent.reporting.report import spec_lines
 from agent.state.tables import IntakeMemory, KeyValue
@@ -235,8 +236,12 @@ class Intake:
                    "spec": res.spec, "given": res.given, "prereg": res.prereg, "title": issue.title, "url": issue.url,
                    "source": source.pin(self.settings)}  # every stage of this spec runs from this commit
         if self._power_hold(n, h, spec_key, res, payload, lane):  # experiments/power.py: nothing queued yet
+            self.memory.put(n, spec_key=spec_key)
+            edits.supersede(self, n, spec_key)  # the older spec's chain, if any, is not this issue's any more
             return "waiting"
         job = self.store.enqueue(n, "smoke", lane, payload, key=f"spec-{spec_key}")
+        self.memory.put(n, spec_key=spec_key)  # first: the pipeline queues no next stage of an older chain
+        edits.supersede(self, n, spec_key)  # an edited spec: the older chain's live jobs are cancelled
         if held:
             self.store.hold_issue(n)
         self._graveyard_check(n, spec_key, res.spec, held)
@@ -278,12 +283,15 @@ class Intake:
         n = issue.number
         payload = {"title": issue.title, "body": issue.body, "labels": list(issue.labels), "types": types,
                    "url": issue.url}
-        job = self.store.enqueue(n, "agent", "agent", payload, key="agent")
+        key, replaced = edits.agent_item(self, issue, h)  # one item per distinct body; a waiting older one cancelled
+        job = self.store.enqueue(n, "agent", "agent", payload, key=key)
         if held:
             self.store.hold_issue(n)
         self.outbox.comment(n, f"i{n}/j{job.id}/agent/queued", (
             f"Queued for the coding agent as job {job.id} (agent lane; type: {', '.join(types)})."
-            + (" It is on hold while this issue is blocked." if held else "")))
+            + (" It is on hold while this issue is blocked." if held else "")
+            + ("".join(f" The body was edited, so job {j.id}, which had not started, is cancelled: this one "
+                       "carries the new text." for j in replaced))))
         self.outbox.status(n, f"i{n}/j{job.id}/agent/status-queued", "queued")
         self.memory.put(n, status="agent", body_hash=h)
         return "agent item"

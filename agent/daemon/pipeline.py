@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import config
-from agent.daemon import codeidea, source
+from agent.daemon import codeidea, edits, source
 from agent.daemon.outbox import Outbox
 from agent.reporting import report
 from agent.trackers.interface import TrackerError
@@ -177,7 +177,7 @@ class Pipeline:
         done = int(p.get("ladder_reruns", 0))
         plan = ladder.plan(result.get("evidence") or {}, p.get("spec", {}), done, self.settings)
         text = plan["text"]
-        if plan["action"] == "rerun" and p.get("spec_file"):
+        if plan["action"] == "rerun" and p.get("spec_file") and edits.current(self.store.engine, job):
             again = "ablation" if stage == "extend" else stage
             spec_file = str(ladder.write_spec(p["spec_file"], plan["overrides"], done + 1))
             p.update(stage=again, argv=stage_argv(again, spec_file), spec_file=spec_file, previous_job=job.id,
@@ -231,6 +231,8 @@ class Pipeline:
         n, p = job.issue, dict(job.payload)
         if not p.get("spec_file"):
             return "This job names no spec file (it was not queued by intake), so nothing is queued after it."
+        if not edits.current(self.store.engine, job):  # the issue's spec was edited: its new chain runs instead
+            return "The issue's spec was edited since this chain began, so nothing more of it is queued."
         argv = stage_argv("ablation" if nxt == "extend" else nxt, p["spec_file"],
                           *(("--extend-from", job.run_dir or "") if nxt == "extend" else ()))
         p.update(stage=nxt, argv=argv, previous_job=job.id)
