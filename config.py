@@ -320,6 +320,11 @@ class DaemonConfig:
     allowlist: tuple = F((), "logins trusted besides collaborators with write access (bots included)")
     once_timeout_s: float = F(120.0, "`daemon --once` exits within this even when GitHub is down", 1.0, 86400.0)
     write_interval_s: float = F(1.0, "outbox: at least this long between GitHub writes", 0.0, 3600.0)
+    write_per_minute: int = F(80, "outbox: at most this many GitHub writes in any 60 s, all hosts together "
+                              "(GitHub's secondary limit on content-creating requests: 80 a minute)", 1, 100000)
+    write_per_hour: int = F(500, "outbox: at most this many GitHub writes in any hour, all hosts together (GitHub: "
+                            "500 an hour); a secondary-limit 403 past it waits its Retry-After, nothing lost",
+                            1, 1000000)
     max_rate_limit_wait_s: float = F(15.0, "longest a single request may sleep for a rate limit", 0.0, 3600.0)
     github_timeout_s: float = F(15.0, "HTTP timeout of one GitHub request", 0.5, 600.0)
     outbox_lease_s: float = F(300.0, "outbox: a sender's claim on one write (several hosts share the outbox); above "

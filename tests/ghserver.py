@@ -19,6 +19,14 @@ actor), reactions on a comment, `x-ratelimit-*` headers and `/rate_limit`.
 
 A slow GitHub: `write_delay` seconds before every write is performed and answered.
 
+An eventually consistent GitHub: `list_lag` seconds (default 0) during which a created comment is missing from
+comment lists (it is at its own URL at once), as GitHub's lists lag a new comment.
+
+GitHub's secondary limits on content-creating requests (every POST, PATCH, PUT and DELETE): `write_limits`, a list of
+(requests, window in seconds), by default 80 a minute and 500 an hour; past one, a 403 whose JSON message names the
+secondary rate limit, with a Retry-After header (the seconds until the window has room), and nothing happens.
+`secondary_hits` counts those 403s.
+
 Fault injection (`fail`): a status with optional headers/body returned before or after the
 request took effect (a 502 after the comment was created), an HTML error page instead of JSON (`html`),
 a dropped connection (RST), and a
@@ -101,6 +109,10 @@ class GitHubServer(LocalServer):
         self.reset_at = time.time() + 3600
         self.exhausted_until = 0.0
         self.write_delay = 0.0  # every POST/PATCH/DELETE/PUT is answered (and takes effect) after this many seconds
+        self.list_lag = 0.0  # a new comment shows in comment lists this many seconds after it was created
+        self.write_limits: list[tuple[int, float]] = [(80, 60.0), (500, 3600.0)]  # GitHub's secondary limits
+        self.write_times: list[float] = []  # content-creating requests accepted (their times)
+        self.secondary_hits = 0
         self._next_id = 1000
         self._clock = 0.0
 
@@ -222,6 +234,20 @@ class GitHubServer(LocalServer):
         with self.lock:
             self.exhausted_until = time.time() + reset_in
             self.reset_at = self.exhausted_until
+
+    def secondary_wait(self, now: float) -> float:
+        """0 when a content-creating request fits every write limit now (and counts it), else the seconds to wait."""
+        with self.lock:
+            longest = max((w for _, w in self.write_limits), default=0.0)
+            self.write_times = [t for t in self.write_times if t > now - longest]
+            wait = 0.0
+            for limit, window in self.write_limits:
+                recent = [t for t in self.write_times if t > now - window]
+                if len(recent) >= limit:
+                    wait = max(wait, recent[len(recent) - limit] + window - now)
+            if wait <= 0:
+                self.write_times.append(now)
+            return wait
 
     def reset_counts(self) -> None:
         with self.lock:
@@ -364,6 +390,12 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is None and time.time() < srv.exhausted_until:
                 srv.remaining = 0
                 return self._send(403, {"message": PRIMARY_MSG}, {"x-ratelimit-remaining": "0"})
+            wait = srv.secondary_wait(time.time()) if fault is None and method != "GET" else 0.0
+            if wait > 0:
+                srv.secondary_hits += 1
+                return self._send(403, {"message": SECONDARY_MSG,
+                                        "documentation_url": "https://docs.github.com/rest/overview/rate-limits"},
+                                  {"retry-after": str(max(1, int(wait + 0.999)))})
         if fault and not fault.after:
             return self._fault(fault)
         if method != "GET" and srv.write_delay > 0:
@@ -438,12 +470,14 @@ class _Handler(BaseHTTPRequestHandler):
                 if method == "POST":
                     t = srv.now()
                     c = {"id": srv._id(), "issue": n, "body": body["body"], "user": srv.bot_login,
-                         "created_at": t, "updated_at": t}
+                         "created_at": t, "updated_at": t, "made": time.time()}
                     srv.comments[c["id"]] = c
                     srv.issues[n]["updated_at"] = t
                     return 201, srv.comment_json(c), {}
                 since = parse_iso(query["since"]) if "since" in query else 0
-                items = [srv.comment_json(c) for c in srv.comments_of(n) if c["updated_at"] >= since]
+                seen = time.time() - srv.list_lag  # eventual consistency: the newest comments are not listed yet
+                items = [srv.comment_json(c) for c in srv.comments_of(n)
+                         if c["updated_at"] >= since and c.get("made", 0.0) <= seen]
                 return self._page(items, query, path)
             m = re.fullmatch(r"/issues/comments/(\d+)", rest)
             if m:

@@ -7,8 +7,11 @@ first (agent/state/tables.py), then one serial sender delivers it.
   in the database before the request leaves; an attempt that may have happened (a 502 after
   GitHub created the comment, a timeout, a kill -9 of the daemon) makes the next try search the
   issue's comments for the marker first, and post only if it is not there.
-- At most one write per write_interval_s (GitHub's secondary limits: 80 content-creating
-  requests a minute, 500 an hour; it advises a second between mutations), in order.
+- At most one write per write_interval_s (GitHub advises a second between mutations), in order, and
+  at most write_per_minute in any 60 s and write_per_hour in any hour (GitHub's secondary limits: 80
+  content-creating requests a minute, 500 an hour), counted in the database for all hosts together
+  (`outbox.write_times`); past the budget, deliver() stops and the rows wait. A secondary-limit 403
+  (Retry-After) is a definite refusal: the row waits that long and is sent once, never twice.
 - Bodies are redacted (tokens) before they are stored, and cut at comment_max_chars with a pointer
   to the full text, written to the run directory (or runs/outbox/).
 - Rate limits and outages leave rows pending until the tracker's `until`; nothing is dropped.
@@ -101,6 +104,7 @@ class Delivery:
     found: int = 0  # ambiguous earlier attempts whose marker was found (not re-posted)
     failed: int = 0
     blocked: TrackerUnavailable | None = None
+    budget_until: float = 0.0  # the write budget (write_per_minute, write_per_hour) was spent until then
     errors: list[str] = field(default_factory=list)
 
 
@@ -124,6 +128,10 @@ class Sender:
         interval = self.settings.daemon.write_interval_s
         while max_items is None or out.sent + out.found + out.failed < max_items:
             now = time.time()
+            until = self.budget_until(now)
+            if until > now:  # the minute's or the hour's writes are spent: the rows wait, the next round looks again
+                out.budget_until = until
+                break
             wait = self.last_write + interval - now
             if wait > 0:
                 if deadline is not None and now + wait > deadline:
@@ -174,9 +182,23 @@ class Sender:
     def _begin(self, item: Item) -> None:
         self.store.begin_attempt(item.id, claim=item.claim, in_flight_s=self.settings.daemon.github_timeout_s)
 
+    def budget_until(self, now: float) -> float:
+        """When the next write fits write_per_minute and write_per_hour (now, or earlier, when it fits now)."""
+        d = self.settings.daemon
+        times = sorted(t for t in self.kv.get("outbox.write_times", []) if t > now - 3600.0)
+        until = now
+        for limit, window in ((d.write_per_minute, 60.0), (d.write_per_hour, 3600.0)):
+            recent = [t for t in times if t > now - window]
+            if len(recent) >= limit:
+                until = max(until, recent[len(recent) - limit] + window)
+        return until
+
     def _wrote(self) -> None:
-        self.last_write = time.time()
+        self.last_write = now = time.time()
         self.kv.put("outbox.last_write", self.last_write)
+        keep = self.settings.daemon.write_per_hour  # the hour's window needs no more than its limit
+        times = [t for t in self.kv.get("outbox.write_times", []) if t > now - 3600.0][-keep:]
+        self.kv.put("outbox.write_times", [*times, now][-keep:])
 
     def _send(self, item: Item) -> int | None:
         t, n = self.tracker, item.issue
