@@ -2,6 +2,7 @@
 moments and restarted, while ideas are filed. Afterwards nothing may be lost and nothing duplicated.
 
     python -m tests.chaos [--ideas 8] [--kills 6] [--seed 1] [--budget 300] [--dir DIR] [--json PATH]
+                          [--hosts 2 --db-url postgresql://...]   (two daemons, two host names, one queue)
 
 What runs: `python -m agent daemon` (a subprocess, as under systemd) with the github tracker pointed at
 tests/ghserver.py, polling every second, both lanes working (gpu lane through the GPU lock, on the
@@ -78,6 +79,8 @@ class Chaos:
     seed: int = 1
     budget_s: float = 300.0  # the whole run, filing to the end of the quiet phase
     workdir: Path | None = None
+    hosts: int = 1  # daemons at once, each its own host name (two: PostgreSQL, one shared queue and outbox)
+    db_url: str | None = None  # the queue database ('' / None: SQLite under the work directory)
     kill_gap: tuple = (2.0, 10.0)  # seconds a daemon lives before its SIGKILL
     restart_gap: tuple = (0.0, 2.0)  # seconds before the next one starts (orphans run on meanwhile)
     out: dict = field(default_factory=dict)
@@ -101,7 +104,8 @@ class Chaos:
         runs = self.work / "runs"
         cdir = runs / "corpus"
         corpus.build(corpus.stdlib_sources(max_bytes=60_000), cdir, val_frac=0.2)  # only if an idea gets to full
-        self.settings = settings_for(f"sqlite:///{self.work}/queue.db", self.work, self.srv, poll_interval=1.0,
+        db_url = self.db_url or f"sqlite:///{self.work}/queue.db"
+        self.settings = settings_for(db_url, self.work, self.srv, poll_interval=1.0,
                                      gpu_devices="0", cpu_workers=1, heartbeat_s=0.5, lease_s=10.0,
                                      github_backoff_s=0.2, max_rate_limit_wait_s=3.0, github_timeout_s=3.0,
                                      write_interval_s=0.0)
@@ -114,10 +118,11 @@ class Chaos:
         self.daemons: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
-    def _start_daemon(self) -> subprocess.Popen:
+    def _start_daemon(self, host: str = "chaos-0") -> subprocess.Popen:
         log = self.work / f"daemon-{len(self.daemons)}.log"
         with open(log, "ab") as f:
-            p = subprocess.Popen([sys.executable, "-m", "agent", "daemon"], env=self.env, cwd=config.ROOT,
+            p = subprocess.Popen([sys.executable, "-m", "agent", "daemon"], cwd=config.ROOT,
+                                 env={**self.env, "REFINERY_HOST_NAME": host},
                                  stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
         self.daemons.append(p)
         self.logs.append(log)
@@ -168,20 +173,20 @@ class Chaos:
         filer = threading.Thread(target=self._file_ideas, args=(sum(self.kill_gap) / 2 * self.kills * 0.6,),
                                  daemon=True)
         faults = threading.Thread(target=self._faults, daemon=True)
-        daemon = self._start_daemon()
+        live = {f"chaos-{h}": self._start_daemon(f"chaos-{h}") for h in range(self.hosts)}
         filer.start()
         faults.start()
         kills = restarts = 0
         try:
             for _ in range(self.kills):
                 time.sleep(self.rng.uniform(*self.kill_gap))
-                if daemon.poll() is not None:
-                    raise RuntimeError(f"the daemon died on its own (exit {daemon.returncode}): see {self.logs[-1]}")
-                os.kill(daemon.pid, signal.SIGKILL)
-                daemon.wait(30)
+                self._alive(live)
+                host = self.rng.choice(sorted(live))
+                os.kill(live[host].pid, signal.SIGKILL)
+                live[host].wait(30)
                 kills += 1
                 time.sleep(self.rng.uniform(*self.restart_gap))
-                daemon = self._start_daemon()
+                live[host] = self._start_daemon(host)
                 restarts += 1
             filer.join()
             self.stop_faults.set()
@@ -192,14 +197,14 @@ class Chaos:
             quiet_at = time.monotonic()
             deadline = start + self.budget_s
             while not self._settled(store):
-                if daemon.poll() is not None:
-                    raise RuntimeError(f"the daemon died on its own (exit {daemon.returncode}): see {self.logs[-1]}")
+                self._alive(live)
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
             settled_s = time.monotonic() - quiet_at
-            daemon.send_signal(signal.SIGTERM)
-            final_exit = daemon.wait(90)
+            for p in live.values():
+                p.send_signal(signal.SIGTERM)
+            final_exit = max(p.wait(90) for p in live.values())
         finally:
             self.stop_faults.set()
             for p in self.daemons:
@@ -210,13 +215,20 @@ class Chaos:
             self.srv.stop()
         out = self._count(store)
         store.close()
-        out.update(kills=kills, restarts=restarts, final_exit=final_exit, settled_s=round(settled_s, 1),
+        out.update(hosts=self.hosts, kills=kills, restarts=restarts,
+                   final_exit=final_exit, settled_s=round(settled_s, 1),
                    wall_s=round(time.monotonic() - start, 1), workdir=str(self.work), seed=self.seed,
                    faults=self._fault_counts(), dropped=self.dropped)
         out["ok"] = (out["lost"] == 0 and out["duplicated"] == 0 and out["stuck"] == 0 and final_exit == 0
                      and kills >= 1 and out["token_leaks"] == 0)
         self.out = out
         return out
+
+    def _alive(self, live: dict) -> None:
+        for host, p in live.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"the daemon {host} died on its own (exit {p.returncode}): see the logs in "
+                                   f"{self.work}")
 
     def _settled(self, store: Store) -> bool:
         if len(self.filed) < self.ideas:
@@ -330,8 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=300.0, help="seconds for the whole run")
     ap.add_argument("--dir", type=Path, help="work directory (default: a new temporary one, kept)")
     ap.add_argument("--json", type=Path, help="write the counts here too")
+    ap.add_argument("--hosts", type=int, default=1, help="daemons at once (2: give --db-url a PostgreSQL URL)")
+    ap.add_argument("--db-url", help="the queue database (default: SQLite in the work directory)")
     a = ap.parse_args(argv)
-    c = Chaos(ideas=a.ideas, kills=a.kills, seed=a.seed, budget_s=a.budget, workdir=a.dir)
+    c = Chaos(ideas=a.ideas, kills=a.kills, seed=a.seed, budget_s=a.budget, workdir=a.dir, hosts=a.hosts,
+              db_url=a.db_url)
     out = c.run()
     print(summary(out))
     if a.json:
