@@ -111,7 +111,10 @@ class Chaos:
                                      write_interval_s=0.0)
         self.env = env_for(self.settings, REFINERY_DOCS_DIR=str(self.work / "docs"), REFINERY_MAX_ATTEMPTS="10",
                            REFINERY_RETRY_BACKOFF_S="1", REFINERY_STOP_TIMEOUT_S="60", REFINERY_PROGRESS_EDIT_S="3",
-                           REFINERY_CANCEL_GRACE_S="5")
+                           REFINERY_CANCEL_GRACE_S="5",
+                           # the queue is under test here, not the gate: the tiny one-task, two-seed specs must be
+                           # able to PASS, or power before spending holds every idea before it runs
+                           REFINERY_PASS_MIN_TASKS="1", REFINERY_ALPHA="0.5")
         self.common = COMMON + f'corpus_dir = "{cdir}"\n'
         self.filed: dict[int, str] = {}  # issue -> kind
         self.stop_faults = threading.Event()
