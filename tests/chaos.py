@@ -113,8 +113,10 @@ class Chaos:
                            REFINERY_RETRY_BACKOFF_S="1", REFINERY_STOP_TIMEOUT_S="60", REFINERY_PROGRESS_EDIT_S="3",
                            REFINERY_CANCEL_GRACE_S="5",
                            # the queue is under test here, not the gate: the tiny one-task, two-seed specs must be
-                           # able to PASS, or power before spending holds every idea before it runs
-                           REFINERY_PASS_MIN_TASKS="1", REFINERY_ALPHA="0.5")
+                           # able to PASS (or power before spending holds every idea before it runs), and a copy
+                           # control that 10 steps cannot teach must not be an ERROR retried until attempts run out
+                           REFINERY_PASS_MIN_TASKS="1", REFINERY_ALPHA="0.5", REFINERY_CONTROL_MIN_ACC="0",
+                           REFINERY_CONTROL_MAX_DELTA="100")
         self.common = COMMON + f'corpus_dir = "{cdir}"\n'
         self.filed: dict[int, str] = {}  # issue -> kind
         self.stop_faults = threading.Event()
