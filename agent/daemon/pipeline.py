@@ -305,7 +305,8 @@ class Pipeline:
                                        decided_at=job.payload["stage"], stages=stages,
                                        spec=job.payload.get("spec", {}), prereg=job.payload.get("prereg"),
                                        issue_url=job.payload.get("url"),
-                                       noise=self._noise_units(job.result or {}, job.payload.get("spec")))
+                                       noise=self._noise_units(job.result or {}, job.payload.get("spec")),
+                                       prereg_sha256=job.payload.get("prereg_sha256"))
         files[name] = text.encode()
         self.kv.put(f"finding-name:{name}", self.chain_key(job))
         self.docs.write(files, f"refinery: {verdict} for #{n}: {title[:60]}")
