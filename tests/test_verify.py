@@ -42,7 +42,7 @@ def test_prereg_hash_is_canonical():
 
 
 def test_a_finding_and_its_comments_verify_and_a_tampered_number_is_found(gh, tmp_path, sqlite_url,  # noqa: F811
-                                                                          docs_repo, synthetic_stage):
+                                                                          docs_repo, synthetic_stage):  # noqa: F811
     d = daemon_for(gh, tmp_path, sqlite_url, docs_repo)
     n = gh.create_issue("verified idea effect=0", SPEC, labels=["ideas", "cpu"])
     drive(d, lambda: settled(d, n) and len(d.store.jobs_for_issue(n)) == 2, timeout=180)
