@@ -239,6 +239,26 @@ def report(s: Settings, units: list[dict], out_json: Path, docs: Path | None = N
     return out
 
 
+def summary_markdown(out: dict, spec_name: str) -> str:
+    """docs_dir/calibration/summary.md: the figures so far, each with the independent ablations behind it."""
+    summ = out["figures"]
+    lines = [f"# Calibration so far (series {summ['series']}, spec `{spec_name}`)", "",
+             "Written by the daemon after each `calibrate` unit (agent/daemon/calibration.py). Every count is of "
+             "independent ablations: each its own disjoint seeds, decided by the gate as a stage is; nothing is "
+             "resampled.", "", "| grade | control steps | independent ablations | PASS | PASS rate [exact 95% CI] | "
+             "measured effect (points) | verdicts |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for g, v in summ["grades"].items():
+        ci = v["pass_rate_ci95"] or [float("nan")] * 2
+        verdicts = ", ".join(f"{k} {n}" for k, n in v["verdicts"].items() if n)
+        lines.append(f"| {g} | {v['control_steps_share']:.0%} | {v['independent_ablations']} | {v['pass']} | "
+                     f"{v['pass_rate']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | {v['effect_mean']:+.1f} | {verdicts} |")
+    at = summ.get("effect_at_power_target")
+    lines += ["", f"Effect at {summ['power_target']:.0%} detection: "
+              + (f"{at:.1f} points" if at is not None else "not reached yet") + ".", "",
+              "![power curve](power_curve.png)", ""]
+    return "\n".join(lines)
+
+
 def _settings(spec: str | None, quick: bool) -> Settings:
     from experiments.spec import spec_from_file
 

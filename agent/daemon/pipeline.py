@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+from agent.daemon.calibration import CalibrationScheduler
 from agent.daemon.outbox import Outbox
 from agent.reporting import report
 from agent.trackers.interface import TrackerError
@@ -76,6 +77,7 @@ class Pipeline:
     def __init__(self, settings: config.Settings, store, outbox: Outbox, kv, tracker=None):
         self.settings, self.store, self.outbox, self.kv, self.tracker = settings, store, outbox, kv, tracker
         self.docs = report.DocsWriter(settings)
+        self.calibration = CalibrationScheduler(settings, store, kv, self.docs)  # idle: calibration units
         self._advanced: dict[int, float | None] = {}  # job id -> finished_at it was advanced at
         self._retry_at: dict[int, float] = {}
         self._next_approval = 0.0
@@ -114,6 +116,7 @@ class Pipeline:
             self._next_approval = now + self.settings.daemon.poll_interval
             self._approvals()
         self._schedule_noise(now)
+        self.calibration.step(now)  # agent/daemon/calibration.py
         return done
 
     def _wants_advance(self, job) -> bool:
