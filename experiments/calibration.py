@@ -4,7 +4,8 @@
     python -m experiments.calibration run [--per-grade 10] [--grades aa,e10] [--quick]        # the missing ones
     python -m experiments.calibration summary [--json PATH]                                   # docs/calibration/
 
-Every *unit* is one full ablation at the calibration setting (a spec, default the demo's), decided by
+Every *unit* is one full ablation at the calibration setting (a spec, default experiments/specs/calibration.toml:
+the demo's model and tasks at 600 steps, the quickest setting whose control task is healthy), decided by
 gate.decide_ablation exactly as the stage does (EXTEND trains the extra seeds and re-decides at α/2). Its seeds are
 its own: CALIBRATION_SEED_BASE + a block per (grade, index), disjoint from every other unit's, so no run is used
 twice and the units are independent. Grades (config.CALIBRATION_GRADES): "aa" — both arms the spec's
@@ -13,7 +14,8 @@ steps (a crippled arm), an effect the summary measures per unit (mean Δ at r̄)
 
 Resumable: each run is appended to runs/calibration/<key>/<grade>-<index>/runs.jsonl as it finishes, a decided unit
 writes <grade>-<index>.json; <key> hashes the calibration settings, so another spec starts another series. As a
-queue job (kind "calibrate", cpu lane: `refinery queue enqueue`), `unit --run-dir {run_dir}` writes result.json.
+queue job (kind "calibrate", cpu lane), `unit --run-dir {run_dir}` writes result.json; an idle daemon queues the
+missing units itself when calibrate_every_s is set (agent/daemon/calibration.py).
 The summary reports per grade the ablations behind it, the verdicts, the PASS count with its exact (Clopper–
 Pearson) 95% interval, the measured effect, and the effect at which detection reaches power_target (linear
 interpolation between graded points; None when not reached); plots and JSON go to docs/calibration/.
@@ -39,7 +41,7 @@ from experiments.runs import versions, write_json_atomic
 
 UNITS_DIR = ROOT / "runs" / "calibration"
 DOCS_DIR = ROOT / "docs" / "calibration"
-DEFAULT_SPEC = ROOT / "experiments" / "specs" / "demo.toml"
+DEFAULT_SPEC = ROOT / "experiments" / "specs" / "calibration.toml"  # the demo's tasks at 600 steps (its comments)
 BLOCK = 10_000  # seeds reserved per grade: unit i of grade g uses base + g·BLOCK + i·2(n + extend) …
 
 

@@ -7,6 +7,7 @@
     graveyard.py  before a new idea spends device time, its resemblance to killed ones
     pipeline.py   stage chaining: what happens to an idea after each stage is decided
     outbox.py     Outbox (writes go to the database first) and Sender (delivers them, idempotently)
+    calibration.py  an idle cpu lane builds the gate's calibration: `calibrate` units, docs/calibration/
 
 May import: agent.state, agent.trackers, agent.reporting, agent.ops, agent.redact, and the lower packages.
 Never agent.cli.
