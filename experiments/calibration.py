@@ -306,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 rec = run_unit(s, g, i, root, a.jobs, log)
                 log(f"unit {g}-{i}: {rec['verdict']} (effect {rec['effect']:+.1f})")
     out = report(s, load_units(s, root), Path(a.json), Path(a.docs) if a.docs else None)
+    if a.docs:
+        (Path(a.docs) / "summary.md").write_text(summary_markdown(out, Path(a.spec or DEFAULT_SPEC).name))
     for t in out["targets"]:
         met = "met" if t["met"] else "NOT met"
         print(f"{t['name']:32s} {t['value']:.4g}  (target {t['target']:g}; {t['unit']})  {met}")
