@@ -218,7 +218,9 @@ def gate_for(fingerprint: str | None, git_sha: str | None, dirty: bool = False) 
 # --------------------------------------------------------------------------- one run
 def rederive(run_dir: str | Path) -> dict[str, Any]:
     """{"stage", "run_dir", "recorded": result.json, "result": the re-derived result, "how": what decided it,
-    "config": config.json}. The re-derived result keeps the recorded facts no gate decides (run, wall_s, job_id)."""
+    "config": config.json}. The re-derived result keeps the recorded facts no gate decides (run, wall_s, job_id).
+    The gate's thresholds are those the run recorded in its evidence (an ablation's `thresholds`): the operator's
+    settings when it ran; a full stage records none, so this environment's apply."""
     run = Path(run_dir)
     if not run.is_absolute():
         run = config.ROOT / run
@@ -231,7 +233,10 @@ def rederive(run_dir: str | Path) -> dict[str, Any]:
         out.update(result=rec, how="recorded: measured by the run itself, no gate decides it")
         return out
     g = gate_for(info.get("evaluation_fingerprint"), info.get("git_sha"), bool(info.get("dirty")))
-    s, spec, prereg = settings_of(cfg.get("spec") or {}), cfg.get("spec") or {}, cfg.get("prereg")
+    # the gate's thresholds as the run recorded them (the operator's settings then, not this shell's environment)
+    th = {k: v for k, v in ((rec.get("evidence") or {}).get("thresholds") or {}).items() if k in config.FIELD_SECTION}
+    spec, prereg = {**(cfg.get("spec") or {}), **th}, cfg.get("prereg")
+    s = settings_of(spec)
     seed_base = int(cfg.get("seed_base", s.train.seed))
     if stage == "full":
         from experiments.context import seeds_for_base
