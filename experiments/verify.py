@@ -25,11 +25,13 @@ the finding, and config.json keeps the prereg each stage ran with, so the hash c
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -184,6 +186,7 @@ def archived_fingerprint(git_sha: str) -> tuple[str, Path]:
         raise VerifyError(f"git archive {git_sha[:12]} failed: {tar.stderr.decode(errors='replace').strip()}: "
                           "fetch the commit (git fetch) and verify again")
     tmp = Path(tempfile.mkdtemp(prefix=f"refinery-gate-{git_sha[:12]}-"))
+    atexit.register(shutil.rmtree, tmp, True)  # the unpacked tree lives as long as this process
     with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as tf:
         tf.extractall(tmp, filter="data")
     _TREES[git_sha] = (_child(tmp, {"op": "fingerprint"})["fingerprint"], tmp)
