@@ -360,6 +360,14 @@ class DaemonConfig:
                                    0.0, 10**9)
     noise_floor_seeds: int = F(5, "seeds per depth task in one noise-floor run", 2, 100)
     noise_floor_lane: str = F("gpu", "the lane the noise-floor run waits for and runs on", choices=("gpu", "cpu"))
+    calibrate_every_s: float = F(0.0, "when the cpu lane is idle, queue the next missing calibration unit (one "
+                                 "independent ablation, kind `calibrate`; experiments/calibration.py) at most this "
+                                 "often; the curve builds up over days; 0 = off", 0.0, 10**9)
+    calibrate_spec: str = F("", "the calibration setting, a spec file ('' = experiments/specs/calibration.toml)")
+    calibrate_per_grade: int = F(10, "independent calibration ablations wanted per grade (CALIBRATION_GRADES)",
+                                 1, 500)
+    calibrate_grades: tuple = F(("aa", "e5", "e10", "e15", "e20"), "the calibration grades the idle daemon "
+                                "builds, in turn (CALIBRATION_GRADES)")
     watchdog: bool = F(True, "send systemd watchdog pings when $WATCHDOG_USEC is set")
     watchdog_s: float = F(180.0, "systemd WatchdogSec: a loop silent this long is restarted; above the "
                           "longest single step (GitHub timeouts, rate-limit waits, a git commit)", 10.0, 86400.0)
@@ -536,6 +544,10 @@ class Settings:
         for t in self.stages.tasks + (self.stages.control_task,):
             if t not in TASK_NAMES:
                 probs.append(Problem("tasks", f"unknown task {t!r}", f"choose from {', '.join(TASK_NAMES)}"))
+        for g in self.daemon.calibrate_grades:
+            if g not in CALIBRATION_GRADES:
+                probs.append(Problem("calibrate_grades", f"unknown calibration grade {g!r}",
+                                     f"choose from {', '.join(CALIBRATION_GRADES)}"))
         if self.queue.heartbeat_s >= self.queue.lease_s:
             probs.append(Problem("heartbeat_s", f"heartbeat_s = {self.queue.heartbeat_s} must be below lease_s = "
                                  f"{self.queue.lease_s}", "lower heartbeat_s (a third of lease_s is usual)"))

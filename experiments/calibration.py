@@ -4,7 +4,8 @@
     python -m experiments.calibration run [--per-grade 10] [--grades aa,e10] [--quick]        # the missing ones
     python -m experiments.calibration summary [--json PATH]                                   # docs/calibration/
 
-Every *unit* is one full ablation at the calibration setting (a spec, default the demo's), decided by
+Every *unit* is one full ablation at the calibration setting (a spec, default experiments/specs/calibration.toml:
+the demo's model and tasks at 600 steps, the quickest setting whose control task is healthy), decided by
 gate.decide_ablation exactly as the stage does (EXTEND trains the extra seeds and re-decides at α/2). Its seeds are
 its own: CALIBRATION_SEED_BASE + a block per (grade, index), disjoint from every other unit's, so no run is used
 twice and the units are independent. Grades (config.CALIBRATION_GRADES): "aa" — both arms the spec's
@@ -13,7 +14,8 @@ steps (a crippled arm), an effect the summary measures per unit (mean Δ at r̄)
 
 Resumable: each run is appended to runs/calibration/<key>/<grade>-<index>/runs.jsonl as it finishes, a decided unit
 writes <grade>-<index>.json; <key> hashes the calibration settings, so another spec starts another series. As a
-queue job (kind "calibrate", cpu lane: `refinery queue enqueue`), `unit --run-dir {run_dir}` writes result.json.
+queue job (kind "calibrate", cpu lane), `unit --run-dir {run_dir}` writes result.json; an idle daemon queues the
+missing units itself when calibrate_every_s is set (agent/daemon/calibration.py).
 The summary reports per grade the ablations behind it, the verdicts, the PASS count with its exact (Clopper–
 Pearson) 95% interval, the measured effect, and the effect at which detection reaches power_target (linear
 interpolation between graded points; None when not reached); plots and JSON go to docs/calibration/.
@@ -39,7 +41,7 @@ from experiments.runs import versions, write_json_atomic
 
 UNITS_DIR = ROOT / "runs" / "calibration"
 DOCS_DIR = ROOT / "docs" / "calibration"
-DEFAULT_SPEC = ROOT / "experiments" / "specs" / "demo.toml"
+DEFAULT_SPEC = ROOT / "experiments" / "specs" / "calibration.toml"  # the demo's tasks at 600 steps (its comments)
 BLOCK = 10_000  # seeds reserved per grade: unit i of grade g uses base + g·BLOCK + i·2(n + extend) …
 
 
@@ -239,6 +241,26 @@ def report(s: Settings, units: list[dict], out_json: Path, docs: Path | None = N
     return out
 
 
+def summary_markdown(out: dict, spec_name: str) -> str:
+    """docs_dir/calibration/summary.md: the figures so far, each with the independent ablations behind it."""
+    summ = out["figures"]
+    lines = [f"# Calibration so far (series {summ['series']}, spec `{spec_name}`)", "",
+             "Written by the daemon after each `calibrate` unit (agent/daemon/calibration.py). Every count is of "
+             "independent ablations: each its own disjoint seeds, decided by the gate as a stage is; nothing is "
+             "resampled.", "", "| grade | control steps | independent ablations | PASS | PASS rate [exact 95% CI] | "
+             "measured effect (points) | verdicts |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for g, v in summ["grades"].items():
+        ci = v["pass_rate_ci95"] or [float("nan")] * 2
+        verdicts = ", ".join(f"{k} {n}" for k, n in v["verdicts"].items() if n)
+        lines.append(f"| {g} | {v['control_steps_share']:.0%} | {v['independent_ablations']} | {v['pass']} | "
+                     f"{v['pass_rate']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | {v['effect_mean']:+.1f} | {verdicts} |")
+    at = summ.get("effect_at_power_target")
+    lines += ["", f"Effect at {summ['power_target']:.0%} detection: "
+              + (f"{at:.1f} points" if at is not None else "not reached yet") + ".", "",
+              "![power curve](power_curve.png)", ""]
+    return "\n".join(lines)
+
+
 def _settings(spec: str | None, quick: bool) -> Settings:
     from experiments.spec import spec_from_file
 
@@ -284,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 rec = run_unit(s, g, i, root, a.jobs, log)
                 log(f"unit {g}-{i}: {rec['verdict']} (effect {rec['effect']:+.1f})")
     out = report(s, load_units(s, root), Path(a.json), Path(a.docs) if a.docs else None)
+    if a.docs:
+        (Path(a.docs) / "summary.md").write_text(summary_markdown(out, Path(a.spec or DEFAULT_SPEC).name))
     for t in out["targets"]:
         met = "met" if t["met"] else "NOT met"
         print(f"{t['name']:32s} {t['value']:.4g}  (target {t['target']:g}; {t['unit']})  {met}")

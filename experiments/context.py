@@ -42,4 +42,9 @@ class Ctx:
             self._progress(done, self.total_units, what)
 
 def seeds_for(ctx: Ctx, n: int, offset: int = 0) -> list[int]:
-    return [ctx.seed_base + offset + i for i in range(n)]
+    return seeds_for_base(ctx.seed_base + offset, n)
+
+
+def seeds_for_base(first: int, n: int) -> list[int]:
+    """The stage's seed rule: n consecutive seeds from `first` (experiments/verify.py re-derives with it)."""
+    return [first + i for i in range(n)]

@@ -71,7 +71,7 @@ kill_if = "the 95% CI of Δ lies below the fail threshold on copy"
 ```
 """)
 IDEA_B = ("The plain loop against itself (must die).\n\n```toml\narch = \"reasoner\"\nseed = 10000\n"
-          + TINY.format(steps=20) + "```\n")
+          + TINY.format(steps=120) + "```\n")  # informative: at 20 steps copy sits at the trivial answer
 # The gate's thresholds, shrunk for the plumbing (see the module docstring); the operator's, not a spec's.
 GATE = {"pass_delta_points": 0.0, "pass_min_tasks": 1, "alpha": 0.5, "depth_gain_points": 0.0,
         "depth_gain_min_seeds": 1, "overthink_points": 100.0, "control_max_delta": 100.0, "control_min_acc": 0.0,
@@ -184,3 +184,9 @@ def test_two_ideas_end_to_end(gh, tmp_path, sqlite_url, capsys):  # noqa: F811
     assert set(authors[:-1]) == {"refinery <refinery@localhost>"} and len(authors) >= 4
     assert git(repo, "diff", "--cached", "--name-only") == "README.md"
     assert wall < 420, f"e2e took {wall:.0f} s"
+    # `refinery verify`: both findings and their comments re-derive from the real runs, with the operator's gate
+    for finding in (finding_a, finding_b):
+        out = subprocess.run([sys.executable, "-m", "agent", "verify", str(finding)], env=env, cwd=config.ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "OK: every number re-derives" in out.stdout, out.stdout + out.stderr
+        assert "re-decided by the gate of fingerprint" in out.stdout and "comments read" in out.stdout

@@ -64,3 +64,18 @@ def test_check_numbers_and_comment():
     unmeasured = power.check(DEMO, {"primary_task": "khop", "expected_delta": 12}, None)
     assert unmeasured["ok"] and "no noise floor" in unmeasured["unmeasured"]
     assert not power.check(DEMO.replace({"ablation_seeds": 3}), None, None)["ok"]
+
+
+def test_the_demo_spec_is_not_held_by_power_fresh_or_once_its_noise_floor_is_measured():
+    """experiments/specs/demo.toml: nothing holds it on a fresh clone (no floor yet), nor once a floor like the ones
+    measured on its tasks is in; its expected_delta on the +10 bar would be held as soon as any floor is measured."""
+    from experiments.spec import spec_from_file
+
+    res = spec_from_file(config.ROOT / "experiments" / "specs" / "demo.toml")
+    fresh = power.check(res.settings, res.prereg, None)
+    assert fresh["ok"] and fresh["unmeasured"] == "no noise floor measured for this spec yet"
+    floor = {"sigma": 2.0, "values": [1.0] * 10, "s_per_run": 30.0}
+    measured = power.check(res.settings, res.prereg, floor)
+    assert measured["ok"] and measured["power_at_seeds"] > 0.99, measured["problems"]
+    on_the_bar = power.check(res.settings, {**res.prereg, "expected_delta": 10}, floor)
+    assert not on_the_bar["ok"] and "out of reach" in on_the_bar["text"]

@@ -5,6 +5,7 @@
     issue_cmd.py   issue ... (local)      stage_cmd.py  smoke, ablate, train, corpus build
     ops_cmd.py     service, archive       config_cmd.py config
     coder_cmd.py   coder check            demo.py       demo
+    verify_cmd.py  verify FINDING.md
 
 May import anything in agent/ and below; nothing imports agent.cli.
 
@@ -28,6 +29,7 @@ COMMAND_MODULES = (
     "agent.cli.queue_cmd",   # queue ..., gpu-lock
     "agent.cli.stage_cmd",   # smoke, ablate, train, corpus
     "agent.cli.coder_cmd",   # coder check
+    "agent.cli.verify_cmd",  # verify FINDING.md
 )
 
 

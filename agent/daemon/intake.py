@@ -43,6 +43,7 @@ from agent.trackers.interface import TRUSTED_PERMISSIONS, Issue, Tracker, Tracke
 from experiments import noisefloor
 from experiments.spec import spec_from_issue
 from experiments.stage import stage_argv
+from experiments.verify import prereg_hash
 from jobqueue.models import LIVE
 
 log = logging.getLogger("refinery.intake")
@@ -234,7 +235,8 @@ class Intake:
         tmp.replace(spec_file)
         payload = {"argv": stage_argv("smoke", str(spec_file)), "stage": "smoke", "spec_file": str(spec_file),
                    "spec": res.spec, "given": res.given, "prereg": res.prereg, "title": issue.title, "url": issue.url,
-                   "source": source.pin(self.settings)}  # every stage of this spec runs from this commit
+                   "source": source.pin(self.settings),  # every stage of this spec runs from this commit
+                   "prereg_sha256": prereg_hash(res.prereg)}  # hashed on acceptance (experiments/verify.py)
         if self._power_hold(n, h, spec_key, res, payload, lane):  # experiments/power.py: nothing queued yet
             self.memory.put(n, spec_key=spec_key)
             edits.supersede(self, n, spec_key)  # the older spec's chain, if any, is not this issue's any more
@@ -265,7 +267,7 @@ class Intake:
         if chk["ok"]:
             return False
         key = f"i{n}/spec-{spec_key}/power"
-        self.outbox.comment(n, key, chk["text"])
+        self.outbox.comment(n, key, chk["text"] + prereg_line(payload["prereg_sha256"]))
         kv.put(f"approval:power-{spec_key}", {"issue": n, "job": None, "kind": "smoke", "payload": payload,
                                                "key": f"spec-{spec_key}", "lane": lane, "comment": key,
                                                "what": "the smoke test", "on": "the power comment"})
@@ -301,4 +303,10 @@ def queued_comment(issue: Issue, job_id: int, lane: str, res, held: bool) -> str
     lines = spec_lines(res.spec, res.given)
     hold = " It is on hold while this issue is blocked." if held else ""
     return (f"Queued the smoke test as job {job_id} on the {lane} lane.{hold}\n\n"
-            "The effective spec (defaults filled in):\n\n```toml\n" + "\n".join(lines) + "\n```")
+            "The effective spec (defaults filled in):\n\n```toml\n" + "\n".join(lines) + "\n```"
+            + prereg_line(prereg_hash(res.prereg)))
+
+
+def prereg_line(digest: str | None) -> str:
+    """The pre-registration's hash in the idea's first comment (`refinery verify` checks the finding against it)."""
+    return f"\n\nPre-registration sha256: `{digest}` (its [prereg] table, hashed on acceptance)." if digest else ""

@@ -39,6 +39,7 @@ from typing import Any
 
 import config
 from agent.daemon import codeidea, edits, source
+from agent.daemon.calibration import CalibrationScheduler
 from agent.daemon.outbox import Outbox
 from agent.reporting import report
 from agent.trackers.interface import TrackerError
@@ -78,6 +79,7 @@ class Pipeline:
         self.settings, self.store, self.outbox, self.kv, self.tracker = settings, store, outbox, kv, tracker
         self.docs = report.DocsWriter(settings)
         self.code = codeidea.CodeIdeas(settings, store, outbox, kv, tracker)  # code ideas: review, approval
+        self.calibration = CalibrationScheduler(settings, store, kv, self.docs)  # idle: calibration units
         self._advanced: dict[int, float | None] = {}  # job id -> finished_at it was advanced at
         self._retry_at: dict[int, float] = {}
         self._next_approval = 0.0
@@ -116,6 +118,7 @@ class Pipeline:
         if self.approvals_inline:
             self.approvals(now)
         self._schedule_noise(now)
+        self.calibration.step(now)  # agent/daemon/calibration.py
         return done
 
     def _wants_advance(self, job) -> bool:
@@ -330,7 +333,8 @@ class Pipeline:
                                        decided_at=job.payload["stage"], stages=stages,
                                        spec=job.payload.get("spec", {}), prereg=job.payload.get("prereg"),
                                        issue_url=job.payload.get("url"),
-                                       noise=self._noise_units(job.result or {}, job.payload.get("spec")))
+                                       noise=self._noise_units(job.result or {}, job.payload.get("spec")),
+                                       prereg_sha256=job.payload.get("prereg_sha256"))
         files[name] = text.encode()
         self.kv.put(f"finding-name:{name}", self.chain_key(job))
         self.docs.write(files, f"refinery: {verdict} for #{n}: {title[:60]}")

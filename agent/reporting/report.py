@@ -173,7 +173,7 @@ def _plot_refs(plots: list[str]) -> str:
     return "Plots: " + ", ".join(refs)
 
 
-def _code(result: dict[str, Any]) -> str:
+def code_of(result: dict[str, Any]) -> str:
     run = result.get("run") or {}
     sha = run.get("git_sha") or "unknown"
     return sha[:12] + (" (dirty tree)" if run.get("dirty") else "")
@@ -228,7 +228,7 @@ def result_comment(*, issue: int, stage: str, job_id: int, result: dict[str, Any
         lines.append(_plot_refs(plots))
     if finding:
         lines.append(f"Finding: {finding if finding.startswith('http') else '`' + finding + '`'}")
-    lines += [f"Run directory: `{run_dir}` · job {job_id} · code {_code(result)} · "
+    lines += [f"Run directory: `{run_dir}` · job {job_id} · code {code_of(result)} · "
               f"wall {float(result.get('wall_s') or 0):.0f} s", "", _spec_block(spec)]
     return "\n".join(lines)
 
@@ -278,9 +278,10 @@ def fmt_s(s: float | None) -> str:
 # --------------------------------------------------------------------------- documents
 def finding_markdown(*, date: str, issue: int, title: str, verdict: str, decided_at: str,
                      stages: list[dict[str, Any]], spec: dict, prereg: dict | None, issue_url: str | None,
-                     noise: dict | None = None) -> str:
+                     noise: dict | None = None, prereg_sha256: str | None = None) -> str:
     """One idea, one conclusion: the verdict in the title, then every stage's statistics.
-    stages: [{stage, job, result, run_dir, plots (paths relative to the finding)}], oldest first."""
+    stages: [{stage, job, result, run_dir, plots (paths relative to the finding)}], oldest first.
+    prereg_sha256: the pre-registration's hash taken on acceptance (the first comment shows it too)."""
     outcome = "passed every stage" if verdict == "PASS" else f"killed at the {title_of(decided_at).lower()}"
     last = stages[-1]["result"] if stages else {}
     head = [f"# {verdict}: {title} (#{issue})", "",
@@ -288,7 +289,9 @@ def finding_markdown(*, date: str, issue: int, title: str, verdict: str, decided
             f"- outcome: **{verdict}** — {outcome}: {' '.join(str(last.get('reason', '')).split())}",
             f"- stages: {', '.join(s['stage'] + ' ' + str(s['result'].get('verdict')) for s in stages)}",
             f"- code: {(last.get('run') or {}).get('git_sha', 'unknown')}",
-            f"- evaluation fingerprint: {(last.get('run') or {}).get('evaluation_fingerprint', 'unknown')}", ""]
+            f"- evaluation fingerprint: {(last.get('run') or {}).get('evaluation_fingerprint', 'unknown')}",
+            f"- pre-registration sha256: {prereg_sha256 or 'none (no [prereg] table, or accepted before hashing)'}",
+            "- verify: `refinery verify` this file (every number re-derived from the run directories)", ""]
     score = prereg_score(prereg, next((s["result"] for s in reversed(stages)
                                        if (s["result"].get("evidence") or {}).get("tasks")), last))
     if score:
