@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 
-from agent.daemon.calibration import KIND
+from agent.daemon.calibration_jobs import KIND
 from experiments.gate import VERDICTS
 from tests.agent_support import make_daemon, settings_for
 

@@ -1,5 +1,5 @@
 """`refinery verify FINDING.md`: re-derive every number in a finding and in its issue's comments from the run
-artifacts, with the gate of the evaluation fingerprint each run recorded (agent/reporting/verify.py). Exit 0 when
+artifacts, with the gate of the evaluation fingerprint each run recorded (agent/reporting/verify_report.py). Exit 0 when
 everything agrees, 1 on any mismatch (each printed with where, what the document says and what the runs give),
 2 when a run cannot be re-derived (an artifact missing, the recorded gate not in this repository)."""
 

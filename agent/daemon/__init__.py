@@ -10,7 +10,7 @@
     source.py     which commit an idea's stages run from (recorded at enqueue; every stage runs pinned)
     codeidea.py   ideas that need code: the coder's branch, a writer's 👍 on one exact commit, stages from it
     outbox.py     Outbox (writes go to the database first) and Sender (delivers them, idempotently)
-    calibration.py  an idle cpu lane builds the gate's calibration: `calibrate` units, docs/calibration/
+    calibration_jobs.py  an idle cpu lane builds the gate's calibration: `calibrate` units, docs/calibration/
 
 May import: agent.state, agent.trackers, agent.reporting, agent.ops, agent.redact, and the lower packages;
 of agent.coder, the wiring only (loop.py), worktree.py (git: source.py, codeidea.py) and ideacheck.py.

@@ -39,7 +39,7 @@ from typing import Any
 
 import config
 from agent.daemon import codeidea, edits, source
-from agent.daemon.calibration import CalibrationScheduler
+from agent.daemon.calibration_jobs import CalibrationScheduler
 from agent.daemon.outbox import Outbox
 from agent.reporting import report
 from agent.trackers.interface import TrackerError
@@ -118,7 +118,7 @@ class Pipeline:
         if self.approvals_inline:
             self.approvals(now)
         self._schedule_noise(now)
-        self.calibration.step(now)  # agent/daemon/calibration.py
+        self.calibration.step(now)  # agent/daemon/calibration_jobs.py
         return done
 
     def _wants_advance(self, job) -> bool:
