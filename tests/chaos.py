@@ -61,6 +61,11 @@ MARKER = re.compile(r"<!-- refinery:(\S+?) -->")  # agent.trackers.interface.mar
 COMMON = ("stage_threads = 1\ntest_examples = 100\ntasks = [\"khop\"]\nkhop_k = 1\nr_max = 2\nr_mean = 2\n"
           "ablation_steps = 10\nablation_seeds = 2\nsummod_len = 2\nfull_steps = 10\nfull_seeds = 1\n"
           "full_probe_steps = 0\neval_batches = 1\nckpt_every = 1000\neval_every = 1000\n")
+# The queue is under test with these specs, not the gate: the tiny one-task, two-seed specs must be able to PASS (or
+# power before spending holds every idea before it runs), and a copy control that 10 steps cannot teach must not be
+# an ERROR retried until the attempts run out. The operator's gate settings, as the daemons' environment.
+QUEUE_NOT_GATE = {"REFINERY_PASS_MIN_TASKS": "1", "REFINERY_ALPHA": "0.5", "REFINERY_CONTROL_MIN_ACC": "0",
+                  "REFINERY_CONTROL_MAX_DELTA": "100"}
 SPECS = {  # smoke FAILs in seconds (one batch cannot be overfit in 3 steps) / PASSes (then an ablation)
     "fail": "smoke_steps = 5\nsmoke_overfit_steps = 3\nsmoke_overfit_loss = 0.01\nbatch_size = 8\n",
     "pass": "init_std = 0.1\nsmoke_steps = 30\nsmoke_overfit_steps = 60\nbatch_size = 16\n",
@@ -111,12 +116,7 @@ class Chaos:
                                      write_interval_s=0.0)
         self.env = env_for(self.settings, REFINERY_DOCS_DIR=str(self.work / "docs"), REFINERY_MAX_ATTEMPTS="10",
                            REFINERY_RETRY_BACKOFF_S="1", REFINERY_STOP_TIMEOUT_S="60", REFINERY_PROGRESS_EDIT_S="3",
-                           REFINERY_CANCEL_GRACE_S="5",
-                           # the queue is under test here, not the gate: the tiny one-task, two-seed specs must be
-                           # able to PASS (or power before spending holds every idea before it runs), and a copy
-                           # control that 10 steps cannot teach must not be an ERROR retried until attempts run out
-                           REFINERY_PASS_MIN_TASKS="1", REFINERY_ALPHA="0.5", REFINERY_CONTROL_MIN_ACC="0",
-                           REFINERY_CONTROL_MAX_DELTA="100")
+                           REFINERY_CANCEL_GRACE_S="5", **QUEUE_NOT_GATE)
         self.common = COMMON + f'corpus_dir = "{cdir}"\n'
         self.filed: dict[int, str] = {}  # issue -> kind
         self.stop_faults = threading.Event()

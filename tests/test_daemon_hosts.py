@@ -22,7 +22,7 @@ import pytest
 from agent.state.tables import Leases, OutboxStore
 from jobqueue.store import Store
 from tests.agent_support import env_for, gh, settings_for, wait_for  # noqa: F401
-from tests.chaos import COMMON, SPECS
+from tests.chaos import COMMON, QUEUE_NOT_GATE, SPECS
 from tests.signals_support import DaemonProc, kill_leftovers
 
 MARKER = re.compile(r"<!-- refinery:(\S+?) -->")
@@ -47,7 +47,7 @@ def test_two_daemons_on_one_postgres_queue_do_everything_once(tmp_path, pg_url, 
         for h in ("a", "b"):
             (tmp_path / h / "docs").mkdir(parents=True)
             env = env_for(s, REFINERY_HOST_NAME=h, REFINERY_DOCS_DIR=str(tmp_path / h / "docs"),
-                          REFINERY_WRITER_LEASE_S="6")
+                          REFINERY_WRITER_LEASE_S="6", **QUEUE_NOT_GATE)
             procs.append(DaemonProc(env, tmp_path / f"daemon-{h}.log"))
         store = Store(s)
         ob = OutboxStore(store.engine)

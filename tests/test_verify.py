@@ -20,7 +20,7 @@ import pytest
 import config
 import experiments.stage
 from agent.cli import main as cli_main
-from agent.reporting import verify
+from agent.reporting import verify_report as verify
 from experiments import verify as rv
 from tests.agent_support import gh  # noqa: F401
 from tests.test_pipeline import SPEC, by_key, daemon_for, docs_repo, drive, settled  # noqa: F401

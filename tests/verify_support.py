@@ -37,7 +37,8 @@ def install(effect: float) -> None:
         acc = accuracy(task, arm, seed, effect)
         curve = [acc["r1"]] + [acc["rbar"]] * (2 * settings.r_eval - 2) + [acc["r2bar"]]
         return {"curve": curve, "acc": acc, "train_s": 0.01, "tokens_per_s": 1e6, "floor": FLOOR.get(task, 0.0),
-                "gate_mean": [0.7], "skipped": 0, "history": [{"step": 0, "loss": 2.0}, {"step": steps, "loss": 1.0}]}
+                "gate_mean": [0.7], "skipped": 0, "calibration_skips": 0, "settled_skips": 0, "grad_scale": None,
+                "history": [{"step": 0, "loss": 2.0}, {"step": steps, "loss": 1.0}]}
 
     def smoke(ctx):
         ctx.total_units = 1.0

@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import config
-    from agent.reporting import verify
+    from agent.reporting import verify_report as verify
 
     comments, why = None, ""
     if not args.no_comments:
