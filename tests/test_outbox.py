@@ -109,7 +109,7 @@ def test_kill_9_between_enqueue_and_delivery_then_restart(gh, tmp_path, sqlite_u
     idea = gh.create_issue("loops", IDEA_BODY, labels=["ideas", "gpu"])
     bug = gh.create_issue("crash", "it crashes", labels=["bug"])
     s = settings_for(sqlite_url, tmp_path, gh, poll_interval=60.0)
-    env = env_for(s, REFINERY_OUTBOX_LEASE_S="2")  # the killed sender's claim on its write lapses after this
+    env = env_for(s, REFINERY_OUTBOX_LEASE_S="5", REFINERY_MARKER_SETTLE_S="0")  # the dead sender's claim lapses
     gh.fail("POST", r"/comments$", 201, after=True, delay=120)  # GitHub creates the comment, then hangs
     proc = subprocess.Popen([sys.executable, "-m", "agent", "daemon"], env=env, cwd=config.ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -122,7 +122,7 @@ def test_kill_9_between_enqueue_and_delivery_then_restart(gh, tmp_path, sqlite_u
             proc.kill()
     out = proc.stdout.read()
     assert TOKEN not in out
-    time.sleep(2.5)  # until the dead sender's claim has lapsed (outbox_lease_s): its write is not lost, only held
+    time.sleep(5.5)  # until the dead sender's claim has lapsed (outbox_lease_s): its write is not lost, only held
     r = _run(["daemon", "--once"], env)
     assert r.returncode == 0, r.stdout + r.stderr
     for n, kind in ((idea, "smoke"), (bug, "agent")):
