@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import control_arm, gate, plots
+from experiments import control_arm, gate, plots, verify
 from experiments.context import REPLICATION_SEED_OFFSET, Ctx, seeds_for
 from experiments.runs import git_state
 from experiments.train import eval_r_max, run_many, stage_jobs, tensors, train_task
@@ -300,17 +300,9 @@ def replication(ctx: Ctx) -> dict[str, Any]:
 
 
 def score_prereg(prereg: dict, v: gate.Verdict) -> dict[str, Any]:
-    """The pre-registered expectation against what happened (kill_if is text: echoed for the reader)."""
-    t = prereg.get("primary_task")
-    ev = v.evidence.get("tasks", {}).get(t) if t else None
-    out = {**prereg, "verdict": v.verdict}
-    if ev:
-        lo, hi = ev["delta_ci"]
-        exp = prereg.get("expected_delta")
-        out.update(observed_delta=ev["delta"], delta_ci=[lo, hi],
-                   expected_in_ci=(lo <= exp <= hi) if exp is not None else None,
-                   met=(ev["delta"] >= exp) if exp is not None else None)
-    return out
+    """The pre-registered expectation against what happened (kill_if is text: echoed for the reader); the one rule
+    lives in experiments/verify.py, which re-derives it from a recorded verdict."""
+    return verify.score_prereg(prereg, {"verdict": v.verdict, "evidence": v.evidence})
 
 
 # --------------------------------------------------------------------------- full

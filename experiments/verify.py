@@ -276,7 +276,7 @@ def rederive(run_dir: str | Path) -> dict[str, Any]:
 
 
 def score_prereg(prereg: dict, v: dict) -> dict[str, Any]:
-    """The stage's score of its pre-registration (stages_impl.score_prereg), from a verdict as a dict."""
+    """The score of a pre-registration against a verdict (as a dict: {verdict, evidence}); the stages use it too."""
     t = prereg.get("primary_task")
     ev = (v.get("evidence") or {}).get("tasks", {}).get(t) if t else None
     out = {**prereg, "verdict": v["verdict"]}
