@@ -657,8 +657,10 @@ def env_overrides(env: Mapping[str, str], origin: str = "env") -> dict[str, tupl
 # REFINERY_ENV_FILE: a file of KEY=VALUE lines (systemd EnvironmentFile= syntax) read on every load(),
 # its values winning over the environment, so `systemctl reload` (SIGHUP) picks up edits; a leading
 # "-" (as in systemd) makes a missing file no error.
-# REFINERY_REQUIRE_POSTGRES and REFINERY_TEST_PG are the test suite's (tests/conftest.py).
-NON_FIELD_ENV = {"REFINERY_PROFILE", "REFINERY_ENV_FILE", "REFINERY_REQUIRE_POSTGRES", "REFINERY_TEST_PG"}
+# REFINERY_REQUIRE_POSTGRES, REFINERY_REQUIRE_FAKETIME and REFINERY_TEST_PG are the test suite's (tests/conftest.py,
+# tests/test_clock_skew.py; .ci/run sets the first two).
+NON_FIELD_ENV = {"REFINERY_PROFILE", "REFINERY_ENV_FILE", "REFINERY_REQUIRE_POSTGRES", "REFINERY_REQUIRE_FAKETIME",
+                 "REFINERY_TEST_PG"}
 
 
 def read_env_file(path: str) -> dict[str, str]:
