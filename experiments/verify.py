@@ -164,7 +164,9 @@ else:
 
 
 def _child(root: Path, msg: dict) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # no REFINERY_* settings: the older tree's config.py may not know today's names, and the run's recorded
+    # settings are applied explicitly (d["spec"]), never this shell's
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("REFINERY_")}
     env["PYTHONPATH"] = str(root)
     p = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(msg), capture_output=True, text=True,
                        cwd=root, env=env, timeout=600)
