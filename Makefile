@@ -16,6 +16,8 @@ TOKENS  := runs/cache/tiktoken/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
 NPMHASH := $(shell cat package-lock.json | sha256sum | cut -c1-16)
 NPMSTAMP := node_modules/.installed-$(NPMHASH)
 PYTEST_ARGS ?=
+# pytest-xdist workers: most slow tests wait on daemons, servers and child processes, so three share two cores
+TEST_WORKERS ?= 3
 
 .PHONY: setup test test-fast lint demo lock clean bench gpu-check
 
@@ -42,10 +44,10 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: setup lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/refinery demo

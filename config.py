@@ -247,11 +247,12 @@ DIFFICULTY_LADDERS: dict[str, tuple[dict[str, int], ...]] = {
 }
 
 
-# The calibration's graded positive controls (experiments/calibration.py): the control arm trains this share of
-# ablation_steps (the candidate all of them), so it scores lower by an effect the calibration measures and
-# reports (the targets: about 5, 10, 15 and 20 points at the calibration spec; the measured effect is what is
-# quoted). "aa" is the A/A null: both arms the same architecture, every step, disjoint seeds.
-CALIBRATION_GRADES: dict[str, float] = {"aa": 1.0, "e5": 0.8, "e10": 0.6, "e15": 0.45, "e20": 0.3}
+# The calibration's graded positive controls (experiments/calibration.py): the effect, in points, injected into the
+# control arm of an ablation whose arms are otherwise identical — on every depth task, each control run's answers
+# are replaced by the trivial answer at the rate that lowers its accuracy at r̄ by that many points (seeded
+# binomial draws; never below the trivial answer's accuracy). "aa" is the A/A null: nothing injected. Every grade
+# of a unit index reuses that index's runs (candidate and control, disjoint seeds), so a grade costs no training.
+CALIBRATION_GRADES: dict[str, float] = {"aa": 0.0, "e5": 5.0, "e10": 10.0, "e15": 15.0, "e20": 20.0}
 CALIBRATION_SEED_BASE = 2_000_000  # calibration seeds: never an idea's (0 …), a replication's (10,000 …) or noise's
 
 

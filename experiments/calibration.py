@@ -6,16 +6,20 @@
 
 Every *unit* is one full ablation at the calibration setting (a spec, default experiments/specs/calibration.toml:
 the demo's model and tasks at 600 steps, the quickest setting whose control task is healthy), decided by
-gate.decide_ablation exactly as the stage does (EXTEND trains the extra seeds and re-decides at α/2). Its seeds are
-its own: CALIBRATION_SEED_BASE + a block per (grade, index), disjoint from every other unit's, so no run is used
-twice and the units are independent. Grades (config.CALIBRATION_GRADES): "aa" — both arms the spec's
-architecture with every step, so any PASS is a false PASS; "e5" … "e20" — the control arm trains a share of the
-steps (a crippled arm), an effect the summary measures per unit (mean Δ at r̄) rather than assumes.
+gate.decide_ablation exactly as the stage does (EXTEND trains the extra seeds and re-decides at α/2). Unit index i
+has seeds of its own: CALIBRATION_SEED_BASE + a block per index, disjoint from every other index's, so within a
+grade no run is used twice and the units are independent. Grades (config.CALIBRATION_GRADES): "aa" — both arms
+the spec's architecture with every step, so any PASS is a false PASS; "e5" … "e20" — the same runs with a known
+effect injected into the control arm (its depth-task answers replaced by the trivial answer at the rate that
+lowers each run's accuracy at r̄ by 5 … 20 points; seeded binomial draws, so the grade's effect carries the test
+set's sampling noise on top of the seed-to-seed spread). The grades of one index share its runs: independent
+within a grade, correlated across grades (the curve's points are not independent of each other).
 
-Resumable: each run is appended to runs/calibration/<key>/<grade>-<index>/runs.jsonl as it finishes, a decided unit
-writes <grade>-<index>.json; <key> hashes the calibration settings, so another spec starts another series. As a
+Resumable: each run is appended to runs/calibration/<key>/aa-<index>/runs.jsonl as it finishes (every grade of the
+index reads it), a decided unit writes <grade>-<index>.json; <key> hashes the calibration settings, so another
+spec starts another series. As a
 queue job (kind "calibrate", cpu lane), `unit --run-dir {run_dir}` writes result.json; an idle daemon queues the
-missing units itself when calibrate_every_s is set (agent/daemon/calibration.py).
+missing units itself when calibrate_every_s is set (agent/daemon/calibration_jobs.py).
 The summary reports per grade the ablations behind it, the verdicts, the PASS count with its exact (Clopper–
 Pearson) 95% interval, the measured effect, and the effect at which detection reaches power_target (linear
 interpolation between graded points; None when not reached); plots and JSON go to docs/calibration/.
@@ -42,7 +46,7 @@ from experiments.runs import versions, write_json_atomic
 UNITS_DIR = ROOT / "runs" / "calibration"
 DOCS_DIR = ROOT / "docs" / "calibration"
 DEFAULT_SPEC = ROOT / "experiments" / "specs" / "calibration.toml"  # the demo's tasks at 600 steps (its comments)
-BLOCK = 10_000  # seeds reserved per grade: unit i of grade g uses base + g·BLOCK + i·2(n + extend) …
+BLOCK = 100_000  # calibration seeds: unit index i uses base + i·2(n + extend) … (every grade of i the same)
 
 
 def series_key(s: Settings) -> str:
@@ -51,13 +55,13 @@ def series_key(s: Settings) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def unit_seeds(s: Settings, grade: str, index: int) -> dict[str, list[int]]:
-    """Disjoint seeds of one unit: candidate and control, first round and extension."""
+def unit_seeds(s: Settings, index: int) -> dict[str, list[int]]:
+    """Disjoint seeds of unit index `index` (every grade of it): candidate and control, first round and extension."""
     n, e = s.stages.ablation_seeds, s.gate.extend_seeds
-    b = CALIBRATION_SEED_BASE + list(CALIBRATION_GRADES).index(grade) * BLOCK + index * 2 * (n + e)
+    b = CALIBRATION_SEED_BASE + index * 2 * (n + e)
     if index * 2 * (n + e) + 2 * (n + e) > BLOCK:
-        raise config.ConfigError([config.Problem("calibration", f"unit {index} of {grade} runs past its seed block",
-                                                 "use fewer units per grade")])
+        raise config.ConfigError([config.Problem("calibration", f"unit {index} runs past the calibration's seed "
+                                                 "block", "use fewer units per grade")])
     return {"candidate": list(range(b, b + n)), "control": list(range(b + n, b + 2 * n)),
             "candidate_ext": list(range(b + 2 * n, b + 2 * n + e)), "control_ext": list(range(b + 2 * n + e,
                                                                                               b + 2 * (n + e)))}
@@ -71,8 +75,8 @@ def _run(s: Settings, task: str, seed: int, steps: int, arm: str) -> dict:
             "floor": res["floor"], "train_s": res["train_s"]}
 
 
-def _train(s: Settings, grade: str, path: Path, seeds: dict[str, list[int]], which: tuple[str, str],
-           jobs: int, log) -> dict[str, dict]:
+def _train(s: Settings, path: Path, seeds: dict[str, list[int]], which: tuple[str, str], jobs: int,
+           log) -> dict[str, dict]:
     from experiments.train import run_many, stage_jobs
 
     have: dict[str, dict] = {}
@@ -88,27 +92,49 @@ def _train(s: Settings, grade: str, path: Path, seeds: dict[str, list[int]], whi
         arm = arm_key.split("_")[0]
         for seed in seeds[arm_key]:
             for t in tasks:
-                crippled = arm == "control" and t in s.stages.tasks  # the control task stays intact
-                st = max(1, round(steps * CALIBRATION_GRADES[grade])) if crippled else steps
                 if f"{arm}/{t}/s{seed}" not in have:
-                    todo.append((s, t, seed, st, arm))
+                    todo.append((s, t, seed, steps, arm))
     jobs = jobs or stage_jobs(s, len(todo))
     for _, rec in run_many(_run, todo, max(1, min(jobs, len(todo) or 1))):
         with open(path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         have[rec["key"]] = rec
-        log(f"{grade} {rec['key']}: r̄ {rec['rbar']:.1f} ({rec['train_s']:.1f} s)")
+        log(f"{path.parent.name} {rec['key']}: r̄ {rec['rbar']:.1f} ({rec['train_s']:.1f} s)")
     return have
 
 
-def _evidence(s: Settings, runs: dict[str, dict], cand: list[int], ctrl: list[int], extended: bool) -> dict:
+def inject(run: dict, effect: float, n: int, rng: np.random.Generator) -> dict[str, float]:
+    """One control run's accuracies with `effect` points injected: each of its n test answers is replaced by the
+    trivial answer (right with the task's floor probability) at the rate q that lowers its accuracy at r̄ by
+    `effect` in expectation (q = effect / (r̄ − floor), at most 1: never below the trivial answer); each read
+    depth is redrawn binomially (the kept right answers plus the replaced ones that happen to be right)."""
+    floor = float(run["floor"])
+    room = run["rbar"] - 100.0 * floor
+    q = min(1.0, effect / room) if effect > 0 and room > 0 else 0.0
+    out = {}
+    for k in ("r1", "rbar", "r2bar"):
+        right = int(round(run[k] * n / 100.0))
+        out[k] = 100.0 * (rng.binomial(right, 1.0 - q) + rng.binomial(n, q * floor)) / n
+    return out
+
+
+def _evidence(s: Settings, runs: dict[str, dict], cand: list[int], ctrl: list[int], extended: bool,
+              grade: str = "aa") -> dict:
     tasks = {t: "depth" for t in s.stages.tasks} | {s.stages.control_task: "control"}
+    effect = CALIBRATION_GRADES[grade]
     ev: dict[str, Any] = {"tasks": {}, "extended": extended}
     for t, role in tasks.items():
         floor = next((r["floor"] for r in runs.values() if r["task"] == t), None)
         ev["tasks"][t] = {"role": role, "floor": None if floor is None else 100.0 * floor}
         for arm, seeds in (("candidate", cand), ("control", ctrl)):
-            ev["tasks"][t][arm] = {k: [runs[f"{arm}/{t}/s{sd}"][k] for sd in seeds] for k in ("r1", "rbar", "r2bar")}
+            reads = []
+            for sd in seeds:
+                run = runs[f"{arm}/{t}/s{sd}"]
+                if arm == "control" and role == "depth" and effect > 0:  # the control task stays intact
+                    run = inject(run, effect, s.stages.test_examples,
+                                 np.random.default_rng([sd, list(CALIBRATION_GRADES).index(grade), 0xCA1]))
+                reads.append(run)
+            ev["tasks"][t][arm] = {k: [r[k] for r in reads] for k in ("r1", "rbar", "r2bar")}
     return ev
 
 
@@ -118,23 +144,24 @@ def run_unit(s: Settings, grade: str, index: int, root: Path | None = None, jobs
     out = d / f"{grade}-{index}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    (d / f"{grade}-{index}").mkdir(parents=True, exist_ok=True)
-    runs_file = d / f"{grade}-{index}" / "runs.jsonl"
-    seeds = unit_seeds(s, grade, index)
+    (d / f"aa-{index}").mkdir(parents=True, exist_ok=True)
+    runs_file = d / f"aa-{index}" / "runs.jsonl"  # the index's runs, every grade's
+    seeds = unit_seeds(s, index)
     t0 = time.time()
-    runs = _train(s, grade, runs_file, seeds, ("candidate", "control"), jobs, log)
-    v = gate.decide_ablation(_evidence(s, runs, seeds["candidate"], seeds["control"], False), s)
+    runs = _train(s, runs_file, seeds, ("candidate", "control"), jobs, log)
+    v = gate.decide_ablation(_evidence(s, runs, seeds["candidate"], seeds["control"], False, grade), s)
     first = v.verdict
     if v.verdict == "EXTEND":
-        runs = _train(s, grade, runs_file, seeds, ("candidate_ext", "control_ext"), jobs, log)
+        runs = _train(s, runs_file, seeds, ("candidate_ext", "control_ext"), jobs, log)
         v = gate.decide_ablation(_evidence(s, runs, seeds["candidate"] + seeds["candidate_ext"],
-                                           seeds["control"] + seeds["control_ext"], True), s)
+                                           seeds["control"] + seeds["control_ext"], True, grade), s)
     depth = {t: v.evidence["tasks"][t]["delta"] for t in s.stages.tasks}
     rec = {"grade": grade, "index": index, "verdict": v.verdict, "first_round": first, "reason": v.reason,
            "delta": depth, "effect": float(np.mean(list(depth.values()))),
-           "uninformative": v.evidence.get("uninformative", {}), "seeds": seeds, "runs": len(runs),
+           "uninformative": v.evidence.get("uninformative", {}), "clearing": v.evidence.get("clearing_tasks", []),
+           "seeds": seeds, "runs": len(runs),
            "wall_s": round(time.time() - t0, 1), "series": series_key(s),
-           "control_steps_share": CALIBRATION_GRADES[grade]}
+           "injected_effect": CALIBRATION_GRADES[grade]}
     write_json_atomic(out, rec)
     return rec
 
@@ -164,7 +191,9 @@ def summarize(s: Settings, units: list[dict]) -> dict[str, Any]:
         grades[g] = {"independent_ablations": len(us), "verdicts": verdicts, "pass": k, "pass_rate": k / len(us),
                      "pass_rate_ci95": _ci(k, len(us)), "effect_mean": float(np.mean([u["effect"] for u in us])),
                      "effect_per_task": {t: float(np.mean([u["delta"][t] for u in us])) for t in us[0]["delta"]},
-                     "control_steps_share": CALIBRATION_GRADES[g], "runs": sum(u["runs"] for u in us)}
+                     "task_clear_rate": {t: float(np.mean([t in u.get("clearing", []) for u in us]))
+                                         for t in us[0]["delta"]},
+                     "injected_effect": CALIBRATION_GRADES[g], "runs": sum(u["runs"] for u in us)}
     curve = sorted(((v["effect_mean"], v["pass_rate"], v["independent_ablations"]) for g, v in grades.items()
                     if g != "aa"), key=lambda x: x[0])
     at = None
@@ -188,7 +217,8 @@ def plot(summary: dict, path: Path) -> str:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     pts = summary["power_curve"]
     if pts:
-        ax.plot([p["effect"] for p in pts], [p["detection"] for p in pts], "o-", label="graded crippled control")
+        ax.plot([p["effect"] for p in pts], [p["detection"] for p in pts], "o-",
+                label="graded effect injected into the control")
         for p in pts:
             ax.annotate(f"n={p['independent_ablations']}", (p["effect"], p["detection"]), fontsize=7)
     aa = summary["grades"].get("aa")
@@ -223,15 +253,17 @@ def report(s: Settings, units: list[dict], out_json: Path, docs: Path | None = N
         if g != "aa":
             targets.append({"name": f"detection_{g}", "value": v["pass_rate"], "target": s.gate.power_target,
                             "unit": f"fraction of {v['independent_ablations']} independent ablations at a measured "
-                                    f"effect of {v['effect_mean']:+.1f} points (control arm at "
-                                    f"{v['control_steps_share']:.0%} of the steps)",
+                                    f"effect of {v['effect_mean']:+.1f} points ({v['injected_effect']:g} points "
+                                    "injected into the control arm's depth tasks)",
                             "met": v["pass_rate"] >= s.gate.power_target})
     at = summ["effect_at_power_target"]
     targets.append({"name": "effect_at_80pct_detection", "value": at if at is not None else float("nan"),
                     "target": s.gate.pass_delta_points, "unit": "points (interpolated on the graded power curve; nan: "
                     "not reached)", "met": at is not None and at <= 2 * s.gate.pass_delta_points})
     out = {"device": str(resolve_device(s.train.device)), "versions": versions(), "figures": summ,
-           "method": "independent ablations: disjoint seeds per unit, each run used once, no resampling",
+           "method": "independent ablations within a grade: disjoint seeds per unit index, each run used once per "
+                     "grade, no resampling; graded effects injected into the A/A runs' control arm (shared across "
+                     "grades)",
            "targets": targets}
     write_json_atomic(out_json, out)
     if docs:
@@ -245,15 +277,19 @@ def summary_markdown(out: dict, spec_name: str) -> str:
     """docs_dir/calibration/summary.md: the figures so far, each with the independent ablations behind it."""
     summ = out["figures"]
     lines = [f"# Calibration so far (series {summ['series']}, spec `{spec_name}`)", "",
-             "Written by the daemon after each `calibrate` unit (agent/daemon/calibration.py). Every count is of "
+             "Written after each `calibrate` unit (experiments/calibration.py). Within a grade every count is of "
              "independent ablations: each its own disjoint seeds, decided by the gate as a stage is; nothing is "
-             "resampled.", "", "| grade | control steps | independent ablations | PASS | PASS rate [exact 95% CI] | "
-             "measured effect (points) | verdicts |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "resampled. The graded units reuse the A/A units' runs with a known effect injected into the control "
+             "arm, so the grades are correlated with each other.", "",
+             "| grade | injected effect | independent ablations | PASS | PASS rate [exact 95% CI] | "
+             "measured effect (points) | tasks clearing (share of units) | verdicts |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for g, v in summ["grades"].items():
         ci = v["pass_rate_ci95"] or [float("nan")] * 2
         verdicts = ", ".join(f"{k} {n}" for k, n in v["verdicts"].items() if n)
-        lines.append(f"| {g} | {v['control_steps_share']:.0%} | {v['independent_ablations']} | {v['pass']} | "
-                     f"{v['pass_rate']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | {v['effect_mean']:+.1f} | {verdicts} |")
+        lines.append(f"| {g} | {v['injected_effect']:g} points | {v['independent_ablations']} | {v['pass']} | "
+                     f"{v['pass_rate']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | {v['effect_mean']:+.1f} | "
+                     + ", ".join(f"{t} {r:.0%}" for t, r in v.get("task_clear_rate", {}).items()) + f" | {verdicts} |")
     at = summ.get("effect_at_power_target")
     lines += ["", f"Effect at {summ['power_target']:.0%} detection: "
               + (f"{at:.1f} points" if at is not None else "not reached yet") + ".", "",
@@ -301,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: rec[k] for k in ("grade", "index", "verdict", "effect")}))
         return 0
     if a.what == "run":
-        for g in a.grades.split(","):
-            for i in range(a.per_grade):
+        for i in range(a.per_grade):  # index by index: the grades of an index share its runs
+            for g in a.grades.split(","):
                 rec = run_unit(s, g, i, root, a.jobs, log)
                 log(f"unit {g}-{i}: {rec['verdict']} (effect {rec['effect']:+.1f})")
     out = report(s, load_units(s, root), Path(a.json), Path(a.docs) if a.docs else None)

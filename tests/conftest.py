@@ -1,4 +1,5 @@
-"""Shared fixtures. Run everything: `make test`; the fast subset: `make test-fast`.
+"""Shared fixtures. Run everything: `make test`; the fast subset: `make test-fast` (both over TEST_WORKERS
+pytest-xdist workers; every test owns its temporary directory, PostgreSQL schema and server ports).
 
 `db_url` runs a test twice: against a fresh SQLite file and against the real PostgreSQL
 server (127.0.0.1:5432, database `test`), each PostgreSQL test in a schema of its own that
@@ -68,7 +69,15 @@ def pytest_runtest_logreport(report):
         _pg_passed += 1
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first (a stable sort): `make test` spreads tests over pytest-xdist workers, and a
+    two-minute test started last would be the run's tail."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller sees every worker's reports and judges the whole run
     if REQUIRE_PG and exitstatus == 0 and session.testscollected and _pg_passed == 0 \
             and not session.config.option.markexpr:
         print("\nCI: no postgres test passed (were they skipped?) — failing the run")

@@ -3,8 +3,7 @@ counts and exact intervals.  Run: .venv/bin/python -m pytest tests/test_calibrat
 
 from __future__ import annotations
 
-import json
-
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -17,23 +16,37 @@ TINY = config.load({}).replace({
     "bootstrap_resamples": 200, "pass_min_tasks": 1, "stage_jobs": 1, "stage_threads": 1})
 
 
-def test_unit_seeds_are_disjoint_across_units_and_grades():
+def test_unit_seeds_are_disjoint_across_units_and_shared_by_the_grades_of_one():
     seen = set()
-    for g in config.CALIBRATION_GRADES:
-        for i in range(12):
-            ss = [x for v in cal.unit_seeds(config.load({}), g, i).values() for x in v]
-            assert len(ss) == 20 and not seen & set(ss) and min(ss) >= config.CALIBRATION_SEED_BASE
-            seen |= set(ss)
+    for i in range(12):
+        ss = [x for v in cal.unit_seeds(config.load({}), i).values() for x in v]
+        assert len(ss) == 20 and not seen & set(ss) and min(ss) >= config.CALIBRATION_SEED_BASE
+        seen |= set(ss)
+
+
+def test_an_injected_effect_lowers_the_control_by_that_much_and_never_below_the_trivial_answer():
+    rng = np.random.default_rng(0)
+    run = {"r1": 40.0, "rbar": 60.0, "r2bar": 58.0, "floor": 0.1}
+    draws = [cal.inject(run, 10.0, 500, rng) for _ in range(4000)]
+    assert np.mean([d["rbar"] for d in draws]) == pytest.approx(50.0, abs=0.15)  # 60 − 10
+    assert np.mean([d["r1"] for d in draws]) == pytest.approx(40.0 - 10.0 * 30 / 50, abs=0.15)  # the same rate q
+    assert np.std([d["rbar"] for d in draws]) > 1.0  # the test set's sampling noise, not a constant shift
+    floored = [cal.inject(run, 80.0, 500, rng)["rbar"] for _ in range(2000)]
+    assert np.mean(floored) == pytest.approx(10.0, abs=0.2)  # all answers replaced: the trivial answer's accuracy
+    assert cal.inject({**run, "rbar": 9.0, "r1": 9.0, "r2bar": 9.0}, 10.0, 500, rng)["rbar"] == 9.0  # no room
 
 
 def test_independent_units_resume_and_summarize(tmp_path):
     a0 = cal.run_unit(TINY, "aa", 0, tmp_path, jobs=1, log=lambda m: None)
-    cal.run_unit(TINY, "e20", 0, tmp_path, jobs=1, log=lambda m: None)
-    assert a0["verdict"] in config_verdicts() and a0["runs"] in (8, 12)  # 2 arms × 2 tasks × 2 seeds (+ extension)
+    assert a0["verdict"] in config_verdicts() and a0["runs"] in (8, 12)  # 2 arms × 2 tasks × 2 seeds (+ 1 seed each)
     d = tmp_path / cal.series_key(TINY)
-    runs = (d / "e20-0" / "runs.jsonl").read_text().splitlines()
-    steps = {json.loads(x)["arm"] + "/" + json.loads(x)["task"]: json.loads(x)["steps"] for x in runs}
-    assert steps["control/khop"] == 3 and steps["control/copy"] == 10 and steps["candidate/khop"] == 10
+    trained = (d / "aa-0" / "runs.jsonl").read_text().splitlines()
+    # the graded unit of the same index trains nothing new for its first round: it reads aa-0's runs
+    e20 = cal.run_unit(TINY, "e20", 0, tmp_path, jobs=1,
+                       log=lambda m: None if a0["first_round"] != "EXTEND" else pytest.fail("trained: " + m))
+    after = (d / "aa-0" / "runs.jsonl").read_text().splitlines()
+    assert after[:len(trained)] == trained and len(after) in (len(trained), 12)  # at most the extension is added
+    assert e20["injected_effect"] == 20.0 and e20["seeds"] == a0["seeds"]
     # resumable: the decided unit is read back; with only its runs kept it decides again without training
     (d / "aa-0.json").unlink()
     again = cal.run_unit(TINY, "aa", 0, tmp_path, jobs=1, log=lambda m: pytest.fail("trained again: " + m))

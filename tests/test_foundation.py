@@ -135,19 +135,19 @@ def test_tokenizer_hello_world():
     assert tokenizer.single_token(" a") == 257
 
 
-def test_tokenizer_corrupt_cache_is_detected_and_rebuilt(tmp_path):
+def test_tokenizer_corrupt_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
+    """On a copy of the cache in tmp_path: the shared runs/cache is read by tests running beside this one."""
     from refiner_model import tokenizer
 
-    path = tokenizer.ensure()
-    good = path.read_bytes()
-    try:
-        path.write_bytes(good[:-100] + b"corrupted\n")
-        assert not tokenizer._cache_ok(path)
-        rebuilt = tokenizer.ensure()
-        assert hashlib.sha256(rebuilt.read_bytes()).hexdigest() == tokenizer.R50K_SHA256
-    finally:
-        if not tokenizer._cache_ok(path):
-            path.write_bytes(good)
+    good = tokenizer.ensure().read_bytes()
+    monkeypatch.setattr(tokenizer, "CACHE_DIR", tmp_path / "tiktoken")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    path = tokenizer._cache_file()
+    path.parent.mkdir()
+    path.write_bytes(good[:-100] + b"corrupted\n")
+    assert not tokenizer._cache_ok(path)
+    rebuilt = tokenizer.ensure()
+    assert rebuilt == path and hashlib.sha256(rebuilt.read_bytes()).hexdigest() == tokenizer.R50K_SHA256
 
 
 def test_python_m_agent_matches_console_script():
