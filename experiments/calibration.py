@@ -159,6 +159,7 @@ def run_unit(s: Settings, grade: str, index: int, root: Path | None = None, jobs
     rec = {"grade": grade, "index": index, "verdict": v.verdict, "first_round": first, "reason": v.reason,
            "delta": depth, "effect": float(np.mean(list(depth.values()))),
            "uninformative": v.evidence.get("uninformative", {}), "clearing": v.evidence.get("clearing_tasks", []),
+           "checks": {t: v.evidence["tasks"][t].get("checks", {}) for t in s.stages.tasks},
            "seeds": seeds, "runs": len(runs),
            "wall_s": round(time.time() - t0, 1), "series": series_key(s),
            "injected_effect": CALIBRATION_GRADES[grade]}
@@ -178,6 +179,11 @@ def _ci(k: int, n: int) -> list[float] | None:
     return [float(ci.low), float(ci.high)]
 
 
+def _held(unit: dict, task: str, *checks: str) -> bool:
+    c = unit.get("checks", {}).get(task, {})
+    return all(bool(c.get(k)) for k in checks)
+
+
 def summarize(s: Settings, units: list[dict]) -> dict[str, Any]:
     """Per grade: independent ablations, verdicts, PASS count and its exact interval, measured effect; the power
     curve and the effect at which detection reaches power_target."""
@@ -193,6 +199,12 @@ def summarize(s: Settings, units: list[dict]) -> dict[str, Any]:
                      "effect_per_task": {t: float(np.mean([u["delta"][t] for u in us])) for t in us[0]["delta"]},
                      "task_clear_rate": {t: float(np.mean([t in u.get("clearing", []) for u in us]))
                                          for t in us[0]["delta"]},
+                     # the statistics alone (mean Δ ≥ the bar and complete separation) v. the candidate's own depth
+                     # gain: which of a clearing task's checks held, so a zero PASS rate says which one stopped it
+                     "task_statistics_rate": {t: float(np.mean([_held(u, t, "delta", "separated") for u in us]))
+                                              for t in us[0]["delta"]},
+                     "task_depth_gain_rate": {t: float(np.mean([_held(u, t, "depth_gain") for u in us]))
+                                              for t in us[0]["delta"]},
                      "injected_effect": CALIBRATION_GRADES[g], "runs": sum(u["runs"] for u in us)}
     curve = sorted(((v["effect_mean"], v["pass_rate"], v["independent_ablations"]) for g, v in grades.items()
                     if g != "aa"), key=lambda x: x[0])
@@ -282,14 +294,16 @@ def summary_markdown(out: dict, spec_name: str) -> str:
              "resampled. The graded units reuse the A/A units' runs with a known effect injected into the control "
              "arm, so the grades are correlated with each other.", "",
              "| grade | injected effect | independent ablations | PASS | PASS rate [exact 95% CI] | "
-             "measured effect (points) | tasks clearing (share of units) | verdicts |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "measured effect (points) | tasks clearing (share of units) | Δ ≥ bar and separated | candidate's depth "
+             "gain | verdicts |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for g, v in summ["grades"].items():
         ci = v["pass_rate_ci95"] or [float("nan")] * 2
         verdicts = ", ".join(f"{k} {n}" for k, n in v["verdicts"].items() if n)
         lines.append(f"| {g} | {v['injected_effect']:g} points | {v['independent_ablations']} | {v['pass']} | "
                      f"{v['pass_rate']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | {v['effect_mean']:+.1f} | "
-                     + ", ".join(f"{t} {r:.0%}" for t, r in v.get("task_clear_rate", {}).items()) + f" | {verdicts} |")
+                     + " | ".join(", ".join(f"{t} {r:.0%}" for t, r in v.get(key, {}).items())
+                                  for key in ("task_clear_rate", "task_statistics_rate", "task_depth_gain_rate"))
+                     + f" | {verdicts} |")
     at = summ.get("effect_at_power_target")
     lines += ["", f"Effect at {summ['power_target']:.0%} detection: "
               + (f"{at:.1f} points" if at is not None else "not reached yet") + ".", "",

@@ -77,3 +77,13 @@ def test_the_power_curve_interpolates_the_effect_at_the_target():
     summ = cal.summarize(TINY, units)
     assert [p["detection"] for p in summ["power_curve"]] == [0.2, 0.6, 1.0]
     assert summ["effect_at_power_target"] == pytest.approx(10.0 + (0.8 - 0.6) * 5.0 / 0.4)
+
+
+def test_the_summary_says_which_clearing_check_stopped_a_task():
+    checks = [{"delta": True, "separated": True, "depth_gain": False}] * 3 + [{"delta": True, "separated": False,
+                                                                                "depth_gain": True}]
+    units = [{"grade": "e20", "verdict": "FAIL", "effect": 20.0, "delta": {"khop": 20.0}, "runs": 8,
+              "clearing": [], "checks": {"khop": c}} for c in checks]
+    g = cal.summarize(TINY, units)["grades"]["e20"]
+    assert g["task_clear_rate"] == {"khop": 0.0} and g["task_statistics_rate"] == {"khop": 0.75}
+    assert g["task_depth_gain_rate"] == {"khop": 0.25}
