@@ -80,6 +80,7 @@ def run_dir_name(stage: str, issue: int | None = None, job: int | str | None = N
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write then rename (with fsync), so a reader sees the old file or the new one, never a torn one."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # runs/bench/ on a fresh clone, say
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, default=_jsonable)
