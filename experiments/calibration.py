@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -340,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    # SIGTERM (`kill`, a service manager) unwinds like Ctrl-C: run_many terminates its worker processes, which
+    # would otherwise train on, orphaned, for a unit that is gone (the runs already appended are kept)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     s = _settings(a.spec, a.quick)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     root = Path(a.units_dir)

@@ -69,10 +69,20 @@ def pytest_runtest_logreport(report):
         _pg_passed += 1
 
 
+# The files of the longest tests (a minute or more each on 2 cores, `pytest --durations=30`), longest first.
+LONGEST_FIRST = ("test_e2e.py", "test_slow_github.py", "test_chaos.py", "test_code_ideas_e2e.py",
+                 "test_daemon_hosts.py", "test_stages.py", "test_signals.py", "test_clock_skew.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """The slow end-to-end tests first (a stable sort): `make test` spreads tests over pytest-xdist workers, and a
-    two-minute test started last would be the run's tail."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow tests first, the longest of them first (a stable sort): `make test` deals tests to pytest-xdist
+    workers in turn, so each worker starts on a long one and no two-minute test is left for the run's tail."""
+    def key(item):
+        name = item.path.name
+        return (item.get_closest_marker("slow") is None,
+                LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST))
+
+    items.sort(key=key)
 
 
 def pytest_sessionfinish(session, exitstatus):

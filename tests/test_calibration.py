@@ -3,6 +3,12 @@ counts and exact intervals.  Run: .venv/bin/python -m pytest tests/test_calibrat
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -87,3 +93,40 @@ def test_the_summary_says_which_clearing_check_stopped_a_task():
     g = cal.summarize(TINY, units)["grades"]["e20"]
     assert g["task_clear_rate"] == {"khop": 0.0} and g["task_statistics_rate"] == {"khop": 0.75}
     assert g["task_depth_gain_rate"] == {"khop": 0.25}
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        out |= {int(x) for x in (t / "children").read_text().split()}
+    return out
+
+
+def test_a_sigterm_to_a_unit_stops_its_worker_processes_too(tmp_path):
+    """`kill` of a unit run by hand: its two training workers must not train on, orphaned, for a unit that is gone."""
+    spec = tmp_path / "slow.toml"
+    spec.write_text('arch = "refiner"\n[model]\ninit_std = 0.1\n[stages]\ntasks = ["khop", "listops"]\n'
+                    'control_task = "copy"\nablation_steps = 100000\nablation_seeds = 2\ntest_examples = 100\n')
+    p = subprocess.Popen([sys.executable, "-m", "experiments.calibration", "unit", "--spec", str(spec), "--jobs", "2",
+                          "--units-dir", str(tmp_path / "units"), "--docs", ""], cwd=config.ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while len(workers) < 2 and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.5)
+            workers = {c for c in _children(p.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()}
+        assert len(workers) >= 2, f"no training workers started: {p.stderr.read() if p.poll() is not None else ''}"
+        time.sleep(2.0)  # the workers are training (100,000 steps: minutes, so nothing finishes on its own)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
+                  for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()
+                 and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]]
+        assert not alive, f"worker processes {alive} train on after the unit was stopped"
+    finally:
+        if p.poll() is None:
+            p.kill()
