@@ -242,7 +242,8 @@ def plot(summary: dict, path: Path) -> str:
     ax.set_xlabel("measured effect: mean Δ at r̄ over depth tasks (points)")
     ax.set_ylabel("PASS rate (independent ablations)")
     ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # nothing decided yet: an empty plot, no empty legend
+        ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
