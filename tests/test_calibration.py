@@ -3,6 +3,8 @@ counts and exact intervals.  Run: .venv/bin/python -m pytest tests/test_calibrat
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -110,9 +112,9 @@ def test_a_sigterm_to_a_unit_stops_its_worker_processes_too(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "experiments.calibration", "unit", "--spec", str(spec), "--jobs", "2",
                           "--units-dir", str(tmp_path / "units"), "--docs", ""], cwd=config.ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
     try:
         deadline = time.monotonic() + 120
-        workers: set[int] = set()
         while len(workers) < 2 and time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.5)
             workers = {c for c in _children(p.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()}
@@ -130,3 +132,6 @@ def test_a_sigterm_to_a_unit_stops_its_worker_processes_too(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+        for w in workers:  # a failed run must not leave them training for minutes
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
