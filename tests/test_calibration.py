@@ -129,6 +129,7 @@ def test_a_sigterm_to_a_unit_stops_its_worker_processes_too(tmp_path):
         alive = [w for w in workers if Path(f"/proc/{w}").exists()
                  and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]]
         assert not alive, f"worker processes {alive} train on after the unit was stopped"
+        workers = set()  # gone: nothing to clean up (and their pids may be reused)
     finally:
         if p.poll() is None:
             p.kill()
