@@ -185,6 +185,11 @@ def _held(unit: dict, task: str, *checks: str) -> bool:
     return all(bool(c.get(k)) for k in checks)
 
 
+def _rates(units: list[dict], holds) -> dict[str, float]:
+    """Per depth task: the share of `units` for which holds(unit, task)."""
+    return {t: float(np.mean([holds(u, t) for u in units])) for t in units[0]["delta"]}
+
+
 def summarize(s: Settings, units: list[dict]) -> dict[str, Any]:
     """Per grade: independent ablations, verdicts, PASS count and its exact interval, measured effect; the power
     curve and the effect at which detection reaches power_target."""
@@ -198,14 +203,11 @@ def summarize(s: Settings, units: list[dict]) -> dict[str, Any]:
         grades[g] = {"independent_ablations": len(us), "verdicts": verdicts, "pass": k, "pass_rate": k / len(us),
                      "pass_rate_ci95": _ci(k, len(us)), "effect_mean": float(np.mean([u["effect"] for u in us])),
                      "effect_per_task": {t: float(np.mean([u["delta"][t] for u in us])) for t in us[0]["delta"]},
-                     "task_clear_rate": {t: float(np.mean([t in u.get("clearing", []) for u in us]))
-                                         for t in us[0]["delta"]},
-                     # the statistics alone (mean Δ ≥ the bar and complete separation) v. the candidate's own depth
-                     # gain: which of a clearing task's checks held, so a zero PASS rate says which one stopped it
-                     "task_statistics_rate": {t: float(np.mean([_held(u, t, "delta", "separated") for u in us]))
-                                              for t in us[0]["delta"]},
-                     "task_depth_gain_rate": {t: float(np.mean([_held(u, t, "depth_gain") for u in us]))
-                                              for t in us[0]["delta"]},
+                     # which of a clearing task's checks held: the statistics (mean Δ ≥ the bar and complete
+                     # separation) v. the candidate's own depth gain, so a zero PASS rate says which one stopped it
+                     "task_clear_rate": _rates(us, lambda u, t: t in u.get("clearing", [])),
+                     "task_statistics_rate": _rates(us, lambda u, t: _held(u, t, "delta", "separated")),
+                     "task_depth_gain_rate": _rates(us, lambda u, t: _held(u, t, "depth_gain")),
                      "injected_effect": CALIBRATION_GRADES[g], "runs": sum(u["runs"] for u in us)}
     curve = sorted(((v["effect_mean"], v["pass_rate"], v["independent_ablations"]) for g, v in grades.items()
                     if g != "aa"), key=lambda x: x[0])
